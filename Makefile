@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install install-dev system-deps lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed system-deps
+install-dev: $(VENV)/.installed-dev system-deps
+
+# PostgreSQL server binaries (embedded cluster) and SIPp (interop/load tests), from Debian.
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+	@command -v sipp >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
+
+run: install
+	$(BIN)/siprec-server run
+
+test: install-dev
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy siprec_server storage api
+
+bench: install
+	$(BIN)/python bench/media_load.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis
