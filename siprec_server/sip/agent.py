@@ -249,6 +249,11 @@ class SipAgent:
         self._send_bye(dialog, now, reason_text=reason)
         self._terminate_dialog(dialog, reason)
 
+    def dialog_of(self, txn_id: str) -> str | None:
+        """The dialog a transaction created or belongs to (known once a 2xx was sent)."""
+        txn = self._by_id.get(txn_id)
+        return txn.dialog if txn else None
+
     def dialog_ids(self) -> list[str]:
         return [d.id for d in self._dialogs.values() if not d.ended]
 
