@@ -1,0 +1,294 @@
+"""Configuration: built-in defaults, a TOML file, then `SIPREC_<SECTION>__<KEY>` environment
+overrides, validated at start with an error that names the offending key.
+
+config.example.toml documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from siprec_server.media.srtp_suites import SUITES, find_suite
+
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "G729", "opus")
+ENV_PREFIX = "SIPREC_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("./var")
+    node_id: str = ""
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    listen: tuple[str, ...] = ("udp:0.0.0.0:5060", "tcp:0.0.0.0:5060")
+    advertised_address: str = ""
+    max_sessions: int = 500
+    retry_after: int = 30
+    session_expires: int = 1800
+    min_se: int = 90
+    require_siprec: bool = False
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    advertised_address: str = ""
+    codecs: tuple[str, ...] = KNOWN_CODECS
+    codec_preference: str = "offer"
+    srtp_suites: tuple[str, ...] = tuple(s.name for s in SUITES)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""
+    pool_max: int = 10
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8080"
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    bootstrap_admin: str = "admin"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """"udp:0.0.0.0:5060", "tcp:[::1]:5060", "tls:0.0.0.0:5061"."""
+    transport, sep, rest = value.partition(":")
+    transport = transport.lower()
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"{value!r}: expected transport:host:port with udp, tcp or tls")
+    host, port = _split_host_port(rest, value)
+    return ListenAddress(transport, host, port)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    return _split_host_port(value, value)
+
+
+def _split_host_port(rest: str, original: str) -> tuple[str, int]:
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    else:
+        host, _, port_text = rest.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{original!r}: expected host:port")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{original!r}: host must be an IP address") from None
+    return host, int(port_text)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the file (if any), then the environment; validated."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        table = raw
+        for key in keys[:-1]:
+            nested = table.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a section")
+            table = nested
+        table[keys[-1]] = _EnvValue(value, name)
+    config = _build(Config, raw, "")
+    _validate(config)
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class _EnvValue:
+    text: str
+    variable: str
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix}{key}")
+    values: dict[str, Any] = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], key + ".")  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(raw[name], hint, key)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    where = key
+    if isinstance(value, _EnvValue):
+        where = f"{key} (from {value.variable})"
+        value = _parse_env(value.text, hint, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+    elif typing.get_origin(hint) is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif isinstance(hint, types.UnionType):  # pragma: no cover - no such keys yet
+        return value
+    raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+
+
+def _parse_env(text: str, hint: Any, where: str) -> Any:
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
+    if hint is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+    if typing.get_origin(hint) is tuple:
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                return tomllib.loads(f"v = {stripped}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"{where}: expected a list, got {text!r}") from None
+        return [item.strip() for item in stripped.split(",") if item.strip()]
+    return text
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", str: "a string", Path: "a path"}.get(
+        hint, str(hint)
+    )
+
+
+def _validate(config: Config) -> None:
+    server, sip, media = config.server, config.sip, config.media
+    if server.log_format not in ("auto", "json", "console"):
+        raise ConfigError("server.log_format: expected auto, json or console")
+    if server.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("server.log_level: expected debug, info, warning or error")
+    if not sip.listen:
+        raise ConfigError("sip.listen: at least one address is needed")
+    for value in sip.listen:
+        try:
+            address = parse_listen(value)
+        except ValueError as exc:
+            raise ConfigError(f"sip.listen: {exc}") from None
+        if address.transport == "tls" and not (sip.tls.cert_file and sip.tls.key_file):
+            raise ConfigError("sip.tls.cert_file and sip.tls.key_file are needed for tls listen")
+    for name, value in (("sip.max_sessions", sip.max_sessions), ("sip.retry_after", sip.retry_after)):
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative")
+    if sip.min_se < 90:
+        raise ConfigError("sip.min_se: RFC 4028 forbids less than 90 seconds")
+    if sip.session_expires < sip.min_se:
+        raise ConfigError("sip.session_expires: must be at least sip.min_se")
+    if not 1024 <= media.rtp_port_min < media.rtp_port_max <= 65535:
+        raise ConfigError("media.rtp_port_min/rtp_port_max: need 1024 <= min < max <= 65535")
+    if media.rtp_port_max - media.rtp_port_min < 3:
+        raise ConfigError("media.rtp_port_min/rtp_port_max: the range holds no RTP/RTCP pair")
+    for codec in media.codecs:
+        if codec.upper() not in {c.upper() for c in KNOWN_CODECS}:
+            raise ConfigError(f"media.codecs: unknown codec {codec!r} (known: {KNOWN_CODECS})")
+    if not media.codecs:
+        raise ConfigError("media.codecs: at least one codec is needed")
+    if media.codec_preference not in ("offer", "local"):
+        raise ConfigError("media.codec_preference: expected offer or local")
+    for suite in media.srtp_suites:
+        if find_suite(suite) is None:
+            raise ConfigError(f"media.srtp_suites: unknown suite {suite!r}")
+    for name, value in (
+        ("sip.advertised_address", sip.advertised_address),
+        ("media.advertised_address", media.advertised_address),
+    ):
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ConfigError(f"{name}: expected an IP address, got {value!r}") from None
+    try:
+        parse_host_port(config.api.listen)
+    except ValueError as exc:
+        raise ConfigError(f"api.listen: {exc}") from None
