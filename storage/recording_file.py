@@ -491,6 +491,7 @@ def decrypt_chunks(
     `allow_unfinished`, in which case every complete chunk is yielded and a trailing partial
     chunk is ignored (an interrupted recording).  A file must at least hold a whole header.
     """
+    _check_data_key(data_key)
     return _scan_chunks(
         source,
         recording_id=recording_id,
@@ -519,6 +520,7 @@ def decrypt_range(
     """
     if start < 0 or (end is not None and end < start):
         raise ValueError("range must satisfy 0 <= start <= end")
+    _check_data_key(data_key)
     return _range(source, recording_id, data_key, start, end, allow_unfinished)
 
 
