@@ -13,7 +13,9 @@ needs one of them runs on `srtp_aes_cm` when the suite is AES-CM (128 or 256 bit
 suites it is refused with ValueError when the receiver is built, as is a key of the wrong size.
 
 Every failure to unprotect a packet is an `SrtpError` (auth, replay or format); nothing else
-escapes for any input bytes, and pylibsrtp's own exception never leaks.
+escapes for any input bytes, and pylibsrtp's own exception never leaks. One difference between
+the engines remains visible: an SRTCP packet with E=0 when UNENCRYPTED_SRTCP was not negotiated
+is refused by libsrtp (SrtpError) but accepted by ours (the flag is authenticated either way).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from siprec_server.media.srtp_errors import (
 from siprec_server.media.srtp_suites import SrtpSuite
 
 __all__ = [
+    "Packet",
     "SrtpAuthError",
     "SrtpError",
     "SrtpFormatError",
@@ -50,7 +53,7 @@ _LIBSRTP_PROFILES = {
 }
 
 # pylibsrtp raises Error(<libsrtp's message for the status code>); these are those messages.
-_LIBSRTP_AUTH_FAILURES = frozenset({"authentication failure", "cipher failure"})
+_LIBSRTP_AUTH_FAILURES = frozenset({"authentication failure"})
 _LIBSRTP_REPLAYS = frozenset(
     {
         "replay check failed (bad index)",
@@ -152,7 +155,11 @@ def _check_srtcp_shape(packet: bytes, tag_len: int) -> None:
         raise SrtpFormatError("not RTCP version 2")
 
 
-def _as_bytes(packet: bytes) -> bytes:
+Packet = bytes | bytearray | memoryview
+"""What a receiver takes: bytes, or a socket buffer holding one datagram."""
+
+
+def _as_bytes(packet: Packet) -> bytes:
     # pylibsrtp insists on bytes; bytearray/memoryview from a socket buffer are fine for us.
     return packet if type(packet) is bytes else bytes(packet)
 
@@ -209,11 +216,11 @@ class SrtpReceiver:
         self.suite = suite
         self._transform = transform
 
-    def unprotect_rtp(self, packet: bytes) -> bytes:
+    def unprotect_rtp(self, packet: Packet) -> bytes:
         """The RTP packet inside an SRTP packet; raises an SrtpError subclass on refusal."""
         return self._transform.unprotect_rtp(_as_bytes(packet))
 
-    def unprotect_rtcp(self, packet: bytes) -> bytes:
+    def unprotect_rtcp(self, packet: Packet) -> bytes:
         """The (compound) RTCP packet inside an SRTCP packet; raises SrtpError on refusal."""
         return self._transform.unprotect_rtcp(_as_bytes(packet))
 
@@ -227,11 +234,11 @@ class SrtpSender:
         self.suite = suite
         self._transform = transform
 
-    def protect_rtp(self, packet: bytes) -> bytes:
+    def protect_rtp(self, packet: Packet) -> bytes:
         """The SRTP packet for an RTP packet; SrtpReplayError if its index was already used."""
         return self._transform.protect_rtp(_as_bytes(packet))
 
-    def protect_rtcp(self, packet: bytes) -> bytes:
+    def protect_rtcp(self, packet: Packet) -> bytes:
         """The SRTCP packet for a (compound) RTCP packet."""
         return self._transform.protect_rtcp(_as_bytes(packet))
 
