@@ -121,7 +121,7 @@ def _split_host_port(rest: str, original: str) -> tuple[str, int]:
         port_text = tail.removeprefix(":")
     else:
         host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"{original!r}: expected host:port")
     try:
         ipaddress.ip_address(host)

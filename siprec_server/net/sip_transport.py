@@ -88,6 +88,9 @@ class SipEndpoint:
         self.pump()
         return sent
 
+    def dialog_of(self, txn: str) -> str | None:
+        return self.agent.dialog_of(txn)
+
     def end_dialog(self, dialog: str, reason: str = "local") -> None:
         self.agent.end_dialog(dialog, self._loop.time(), reason)
         self.pump()

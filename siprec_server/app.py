@@ -1,0 +1,179 @@
+"""The composition root: config → database → SIP + recorder + media → API; start-up and graceful
+shutdown. Nothing else wires components together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import socket
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from api.app import create_api
+from siprec_server.config import Config, parse_host_port, parse_listen
+from siprec_server.logs import get_logger
+from siprec_server.media.ports import PortAllocator
+from siprec_server.net.sip_transport import SipEndpoint
+from siprec_server.recorder import Recorder, RecorderSettings
+from siprec_server.sip.agent import AgentSettings, SipAgent
+from siprec_server.siprec.sdp_answer import AnswerPreferences
+from storage import recordings
+from storage.database import create_pool, migrate
+from storage.embedded_postgres import EmbeddedPostgres
+
+log = get_logger("app")
+
+
+def node_id_of(config: Config) -> str:
+    return config.server.node_id or socket.gethostname()
+
+
+def advertised_address(configured: str, listen_host: str) -> str:
+    """The address peers reach us on: configured, else the listen address, else a guess."""
+    if configured:
+        return configured
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    try:
+        guess = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        guess = "127.0.0.1"
+    if guess.startswith("127."):
+        log.warning("advertised_address_unknown", hint="set sip.advertised_address")
+        return "127.0.0.1"
+    return guess
+
+
+async def open_database(config: Config) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
+    """The configured server, or the embedded cluster under data_dir/pg; migrated."""
+    cluster = None
+    dsn = config.database.url
+    if not dsn:
+        root = config.server.data_dir.resolve() / "pg"
+        cluster = EmbeddedPostgres(root)
+        dsn = await asyncio.get_running_loop().run_in_executor(None, cluster.start)
+    pool = await create_pool(dsn, max_size=config.database.pool_max)
+    applied = await migrate(pool)
+    if applied:
+        log.info("database_migrated", applied=applied)
+    return pool, cluster
+
+
+@dataclass
+class RunningServer:
+    config: Config
+    db: asyncpg.Pool
+    cluster: EmbeddedPostgres | None
+    sip: SipEndpoint
+    recorder: Recorder
+    api_runner: web.AppRunner
+    api_address: tuple[str, int]
+    sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        log.info("shutting_down")
+        await self.recorder.shutdown()
+        await self.api_runner.cleanup()
+        await self.sip.close()
+        await self.db.close()
+        if self.cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cluster.stop)
+        log.info("stopped")
+
+
+def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_server(config: Config) -> RunningServer:
+    data_dir: Path = config.server.data_dir
+    # 0711: nobody else may list it, but the embedded cluster's unprivileged user may pass
+    # through to data_dir/pg; keys and recordings below it are 0700.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o711)
+    node_id = node_id_of(config)
+    db, cluster = await open_database(config)
+    try:
+        closed = await recordings.close_open_recordings(db, node_id, datetime.now(UTC))
+        if closed:
+            log.warning("open_recordings_closed_at_start", count=len(closed))
+        listen = [parse_listen(value) for value in config.sip.listen]
+        sip_host = advertised_address(config.sip.advertised_address, listen[0].host)
+        media_host = config.media.advertised_address or sip_host
+        recorder = Recorder(
+            RecorderSettings(
+                node_id=node_id,
+                media_address=media_host,
+                answer=AnswerPreferences(
+                    codecs=config.media.codecs,
+                    prefer="local" if config.media.codec_preference == "local" else "offer",
+                    srtp_suites=config.media.srtp_suites,
+                ),
+                max_sessions=config.sip.max_sessions,
+                retry_after=config.sip.retry_after,
+                require_siprec=config.sip.require_siprec,
+            ),
+            db,
+            PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max),
+        )
+        agent = SipAgent(
+            AgentSettings(
+                local={"udp": (sip_host, 5060)},
+                session_expires=config.sip.session_expires,
+                min_se=config.sip.min_se,
+            )
+        )
+        sip = SipEndpoint(agent, recorder.on_sip_event)
+        recorder.sip = sip
+        await sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file))
+        bound = sip.bound_addresses()
+        agent.settings = dataclasses.replace(
+            agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
+        )
+        api_host, api_port = parse_host_port(config.api.listen)
+        runner = web.AppRunner(create_api(db=db, recorder=recorder), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            api_host,
+            api_port,
+            ssl_context=_tls_context(config.api.tls.cert_file, config.api.tls.key_file),
+        )
+        await site.start()
+        api_address = runner.addresses[0][:2]
+    except BaseException:
+        await db.close()
+        if cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+        raise
+    server = RunningServer(config, db, cluster, sip, recorder, runner, api_address, bound)
+    for kind, host, port in bound:
+        log.info("sip_listening", transport=kind, address=f"{host}:{port}")
+    log.info("api_listening", address=f"http://{api_address[0]}:{api_address[1]}")
+    return server
+
+
+async def run_until_signalled(config: Config) -> None:
+    server = await start_server(config)
+    scheme = "https" if config.api.tls.cert_file else "http"
+    print(f"siprec-server: SIP on {', '.join(f'{k}:{h}:{p}' for k, h, p in server.sip_addresses)}"
+          f"; API on {scheme}://{server.api_address[0]}:{server.api_address[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

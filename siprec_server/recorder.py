@@ -1,0 +1,453 @@
+"""The recording service: the SIP transaction user that turns SIPREC requests into recording
+sessions — answers offers, keeps metadata as an event log in PostgreSQL, holds RTP ports, and
+starts and stops each session's media.
+
+Every SIP event for one session is handled under that session's lock, in arrival order. A fault
+in one session is logged and answered (500/503); it never reaches another session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from siprec_server.logs import get_logger
+from siprec_server.media.ports import PortAllocator, PortsExhausted
+from siprec_server.sip.events import (
+    DialogConfirmed,
+    DialogEnded,
+    InfoReceived,
+    InviteCancelled,
+    RequestReceived,
+    SipEvent,
+)
+from siprec_server.sip.message import SipRequest
+from siprec_server.siprec.metadata import MetadataDocument, MetadataError, parse_metadata
+from siprec_server.siprec.request import Rejection, check_recording_session, read_body
+from siprec_server.siprec.sdp import SdpError, SessionDescription, parse_sdp
+from siprec_server.siprec.sdp_answer import AnswerPreferences, NoAcceptableMedia, negotiate
+from siprec_server.siprec.session import RecordingSession, SessionState
+from storage import recordings
+from storage.recordings import NewRecording, ParticipantRow, StreamRow
+
+log = get_logger("recorder")
+
+
+class SipPort(Protocol):
+    """What the recorder needs from the SIP side (SipEndpoint)."""
+
+    def respond(self, txn: str, status: int, **kwargs: Any) -> bool: ...
+
+    def end_dialog(self, dialog: str, reason: str = "local") -> None: ...
+
+    def dialog_of(self, txn: str) -> str | None: ...
+
+
+class MediaPort(Protocol):
+    """What the recorder needs from the media side: start, update and stop a session's media."""
+
+    async def start(self, session: RecordingSession) -> None: ...
+
+    async def update(self, session: RecordingSession) -> None: ...
+
+    async def stop(self, session: RecordingSession, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderSettings:
+    node_id: str
+    media_address: str
+    answer: AnswerPreferences
+    max_sessions: int = 500
+    retry_after: int = 30
+    require_siprec: bool = False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Recorder:
+    def __init__(
+        self,
+        settings: RecorderSettings,
+        db: asyncpg.Pool,
+        ports: PortAllocator,
+        media: MediaPort | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self._db = db
+        self._ports = ports
+        self._media = media
+        self._clock = clock
+        self.sip: SipPort | None = None
+        self._pending: dict[str, RecordingSession] = {}  # INVITE txn id → session
+        self._dialogs: dict[str, RecordingSession] = {}  # dialog id → session
+        self._locks: dict[UUID, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self.stats = {"sessions_started": 0, "sessions_rejected": 0, "metadata_errors": 0,
+                      "db_errors": 0}
+
+    # ---------------------------------------------------------------- wiring
+
+    def on_sip_event(self, event: SipEvent) -> None:
+        """Called synchronously by the SIP endpoint; the work runs as a task."""
+        if isinstance(event, RequestReceived):
+            if event.dialog is None:
+                self._spawn(self._initial_invite(event))
+            else:
+                self._spawn(self._in_dialog(event))
+        elif isinstance(event, InviteCancelled):
+            self._spawn(self._cancelled(event.txn))
+        elif isinstance(event, DialogEnded):
+            self._spawn(self._ended(event.dialog, event.reason))
+        elif isinstance(event, DialogConfirmed):
+            log.debug("dialog_confirmed", dialog=event.dialog)
+        elif isinstance(event, InfoReceived):
+            log.debug("info_received", dialog=event.dialog, content_type=event.content_type)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("recorder_task_failed", error=repr(exc))
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._pending) + len(self._dialogs)
+
+    def session_by_dialog(self, dialog: str) -> RecordingSession | None:
+        return self._dialogs.get(dialog)
+
+    def sessions(self) -> list[RecordingSession]:
+        return list(self._dialogs.values())
+
+    # ---------------------------------------------------------------- initial INVITE
+
+    async def _initial_invite(self, event: RequestReceived) -> None:
+        assert self.sip is not None
+        request = event.request
+        if not self._accepting or self.active_sessions >= self.settings.max_sessions:
+            self._reject(event.txn, 503, "Recorder at capacity", retry=True)
+            return
+        try:
+            offer, document, xml = self._decode(request, initial=True)
+        except Rejection as rejection:
+            self._reject(event.txn, rejection.status, rejection.reason, rejection.headers)
+            return
+        assert offer is not None
+        now = self._clock()
+        session = RecordingSession(recording_id=uuid4(), call_id=request.call_id, started_at=now)
+        self._pending[event.txn] = session
+        lock = self._locks[session.recording_id] = asyncio.Lock()
+        async with lock:
+            await self._answer_initial(event, request, session, offer, document, xml, now)
+
+    async def _answer_initial(
+        self,
+        event: RequestReceived,
+        request: SipRequest,
+        session: RecordingSession,
+        offer: SessionDescription,
+        document: MetadataDocument | None,
+        xml: str | None,
+        now: datetime,
+    ) -> None:
+        assert self.sip is not None
+        try:
+            self._negotiate(session, offer)
+        except NoAcceptableMedia as exc:
+            self._discard(event.txn, session)
+            self._reject(event.txn, 488, "Not Acceptable Here",
+                         (("Warning", f'304 srs "{_quote(str(exc))[:200]}"'),))
+            return
+        except PortsExhausted:
+            self._discard(event.txn, session)
+            self._reject(event.txn, 503, "No RTP ports left", retry=True)
+            return
+        if document is not None:
+            session.apply_metadata(document, now)
+        try:
+            async with self._db.acquire() as conn, conn.transaction():
+                await recordings.insert_recording(
+                    conn,
+                    NewRecording(
+                        id=session.recording_id,
+                        node_id=self.settings.node_id,
+                        call_id=session.call_id,
+                        sip_session_id=request.headers.get("Session-ID"),
+                        started_at=now,
+                        transport=event.peer.transport,
+                        src_address=event.peer.host,
+                    ),
+                )
+                if document is not None and xml is not None:
+                    await recordings.add_metadata_event(
+                        conn, session.recording_id, now, "INVITE", document.datamode, xml
+                    )
+                await self._save_state(conn, session)
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.stats["db_errors"] += 1
+            log.error("recording_insert_failed", call_id=session.call_id, error=repr(exc))
+            self._discard(event.txn, session)
+            self._reject(event.txn, 503, "Recording database unavailable", retry=True)
+            return
+        assert session.negotiation is not None
+        answered = self.sip.respond(
+            event.txn,
+            200,
+            headers=[("Content-Type", "application/sdp")],
+            body=session.negotiation.answer_sdp,
+        )
+        self._pending.pop(event.txn, None)
+        if not answered:  # cancelled (or timed out) while we were working
+            await self._finish(session, "failed", "cancelled")
+            return
+        dialog = self.sip.dialog_of(event.txn)
+        assert dialog is not None
+        session.dialog_id = dialog
+        session.transition(SessionState.ACTIVE)
+        self._dialogs[dialog] = session
+        self.stats["sessions_started"] += 1
+        log.info("recording_started", recording_id=str(session.recording_id),
+                 call_id=session.call_id, streams=len(session.streams))
+        try:
+            await recordings.mark_answered(self._db, session.recording_id, dialog, self._clock())
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.stats["db_errors"] += 1
+            log.error("recording_update_failed", recording_id=str(session.recording_id),
+                      error=repr(exc))
+        if self._media is not None:
+            await self._media.start(session)
+
+    # ---------------------------------------------------------------- in-dialog requests
+
+    async def _in_dialog(self, event: RequestReceived) -> None:
+        assert self.sip is not None and event.dialog is not None
+        session = self._dialogs.get(event.dialog)
+        if session is None:
+            self.sip.respond(event.txn, 481)
+            return
+        async with self._locks[session.recording_id]:
+            await self._update(event, session)
+
+    async def _update(self, event: RequestReceived, session: RecordingSession) -> None:
+        assert self.sip is not None
+        request = event.request
+        try:
+            offer, document, xml = self._decode(request, initial=False)
+        except Rejection as rejection:
+            self.sip.respond(event.txn, rejection.status, reason=rejection.reason,
+                             headers=list(rejection.headers))
+            return
+        now = self._clock()
+        body = b""
+        headers: list[tuple[str, str]] = []
+        if offer is not None:
+            try:
+                self._negotiate(session, offer)
+            except NoAcceptableMedia as exc:
+                self.sip.respond(event.txn, 488, headers=[
+                    ("Warning", f'304 srs "{_quote(str(exc))[:200]}"')])
+                return
+            except PortsExhausted:
+                self.sip.respond(event.txn, 503, reason="No RTP ports left",
+                                 headers=[("Retry-After", str(self.settings.retry_after))])
+                return
+            released = session.unused_ports()
+            session.forget_ports(released)
+            for port in released:
+                self._ports.release(port)
+            assert session.negotiation is not None
+            body = session.negotiation.answer_sdp
+        elif request.method == "INVITE" and session.negotiation is not None:
+            # A re-INVITE without an offer: the 2xx must carry one (RFC 3261 §14.2). We offer
+            # what we answered last, with a new version.
+            if session.offer is not None:
+                self._negotiate(session, session.offer)
+            body = session.negotiation.answer_sdp
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        if document is not None:
+            session.apply_metadata(document, now)
+        try:
+            async with self._db.acquire() as conn, conn.transaction():
+                if document is not None and xml is not None:
+                    await recordings.add_metadata_event(
+                        conn, session.recording_id, now, request.method, document.datamode, xml
+                    )
+                await self._save_state(conn, session)
+        except (asyncpg.PostgresError, OSError) as exc:
+            # Media keeps recording; the metadata change is logged as lost, not hidden.
+            self.stats["db_errors"] += 1
+            log.error("metadata_update_not_stored", recording_id=str(session.recording_id),
+                      error=repr(exc))
+        self.sip.respond(event.txn, 200, headers=headers, body=body)
+        if self._media is not None and offer is not None:
+            await self._media.update(session)
+
+    # ---------------------------------------------------------------- endings
+
+    async def _cancelled(self, txn: str) -> None:
+        # The INVITE task sees respond() fail and finishes the session itself.
+        log.info("invite_cancelled", txn=txn)
+
+    async def _ended(self, dialog: str, reason: str) -> None:
+        session = self._dialogs.get(dialog)
+        if session is None:
+            return
+        async with self._locks[session.recording_id]:
+            await self._finish(session, "complete", reason)
+
+    async def _finish(self, session: RecordingSession, state: str, reason: str) -> None:
+        if session.state is SessionState.ENDED:
+            return
+        session.transition(SessionState.ENDED)
+        session.end_reason = reason
+        if self._media is not None and session.dialog_id is not None:
+            await self._media.stop(session, reason)
+        for port in session.ports.values():
+            self._ports.release(port)
+        session.ports.clear()
+        if session.dialog_id:
+            self._dialogs.pop(session.dialog_id, None)
+        self._locks.pop(session.recording_id, None)
+        try:
+            await recordings.mark_ended(self._db, session.recording_id, state, reason,
+                                        self._clock())
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.stats["db_errors"] += 1
+            log.error("recording_end_not_stored", recording_id=str(session.recording_id),
+                      error=repr(exc))
+        log.info("recording_ended", recording_id=str(session.recording_id), state=state,
+                 reason=reason)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop taking calls, hang up every session (BYE) and finish its recording."""
+        self._accepting = False
+        assert self.sip is not None
+        for dialog in list(self._dialogs):
+            self.sip.end_dialog(dialog, "server shutdown")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _decode(
+        self, request: SipRequest, *, initial: bool
+    ) -> tuple[SessionDescription | None, MetadataDocument | None, str | None]:
+        body = read_body(request)
+        if initial:
+            check_recording_session(request, body, strict=self.settings.require_siprec)
+            if body.sdp is None:
+                raise Rejection(488, "An SDP offer is required",
+                                (("Warning", '304 srs "SDP offer required"'),))
+        offer = None
+        if body.sdp is not None:
+            try:
+                offer = parse_sdp(body.sdp)
+            except SdpError as exc:
+                raise Rejection(400, f"Bad SDP: {_quote(str(exc))[:100]}") from None
+        document = None
+        xml = None
+        if body.metadata is not None:
+            try:
+                document = parse_metadata(body.metadata)
+            except MetadataError as exc:
+                self.stats["metadata_errors"] += 1
+                raise Rejection(400, f"Bad recording metadata: {_quote(str(exc))[:100]}") from None
+            xml = body.metadata.decode("utf-8", "replace")
+        return offer, document, xml
+
+    def _negotiate(self, session: RecordingSession, offer: SessionDescription) -> None:
+        allocated_before = set(session.ports)
+        try:
+            session.negotiation = negotiate(
+                offer,
+                self.settings.answer,
+                local_address=self.settings.media_address,
+                port_for=session.port_for(self._ports.allocate),
+                session_id=session.sdp_session_id,
+                session_version=session.next_sdp_version(),
+            )
+        except Exception:
+            # Give back ports this attempt took; the session keeps its earlier ones.
+            for index in set(session.ports) - allocated_before:
+                self._ports.release(session.ports.pop(index))
+            raise
+        session.offer = offer
+
+    def _reject(
+        self,
+        txn: str,
+        status: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        retry: bool = False,
+    ) -> None:
+        assert self.sip is not None
+        self.stats["sessions_rejected"] += 1
+        extra = list(headers)
+        if retry:
+            extra.append(("Retry-After", str(self.settings.retry_after)))
+        log.info("invite_rejected", status=status, reason=reason)
+        self.sip.respond(txn, status, reason=reason, headers=extra)
+
+    def _discard(self, txn: str, session: RecordingSession) -> None:
+        self._pending.pop(txn, None)
+        for port in session.ports.values():
+            self._ports.release(port)
+        session.ports.clear()
+        session.transition(SessionState.ENDED)
+
+    async def _save_state(self, conn: asyncpg.Connection, session: RecordingSession) -> None:
+        metadata = session.metadata
+        participants = [
+            ParticipantRow(p.id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at, p.present)
+            for p in (metadata.participants.values() if metadata else ())
+        ]
+        streams: list[StreamRow] = []
+        accepted = {s.index: s for s in session.streams}
+        for media in session.offer.media if session.offer else ():
+            stream = accepted.get(media.index)
+            streams.append(
+                StreamRow(
+                    m_index=media.index,
+                    label=media.label,
+                    stream_id=session.metadata_stream_id(stream) if stream else None,
+                    kind=media.kind,
+                    accepted=stream is not None,
+                    codec=f"{stream.codec.name}/{stream.codec.rate}" if stream else None,
+                    telephone_event=stream.telephone_event.pt
+                    if stream and stream.telephone_event else None,
+                    srtp_suite=stream.srtp.suite.name if stream and stream.srtp else None,
+                    local_port=stream.local_port if stream else None,
+                    remote_address=stream.remote_address if stream else None,
+                    remote_port=stream.remote_port if stream else None,
+                    direction=media.direction,
+                    senders=session.senders_of(stream) if stream else (),
+                )
+            )
+        await recordings.save_session_state(
+            conn, session.recording_id, metadata.session_id if metadata else None,
+            participants, streams,
+        )
+
+
+def _quote(text: str) -> str:
+    """Safe inside a SIP reason phrase or quoted Warning text."""
+    return "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else " " for ch in text)
