@@ -102,6 +102,7 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _METHOD_RE = re.compile(_TOKEN)
 _HEADER_NAME_RE = re.compile(_TOKEN)
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE)
+_DIGITS_RE = re.compile(r"[0-9]+")
 _CSEQ_RE = re.compile(r"\s*([0-9]{1,10})\s+(" + _TOKEN + r")\s*")
 _VIA_RE = re.compile(
     r"\s*SIP\s*/\s*2\.0\s*/\s*(" + _TOKEN + r")\s+"  # transport
@@ -113,16 +114,27 @@ _VIA_RE = re.compile(
 
 
 class SipParseError(ValueError):
-    """A message that cannot be handled. `reason` is safe to put in a 400 reason phrase.
+    """A message that cannot be handled. `reason` is safe to put in a reason phrase.
 
     `partial` is the request as far as it could be read, when enough of it (Via, From, To,
-    Call-ID, CSeq) was present to send an error response back.
+    Call-ID, CSeq) was present to send an error response back; `status` is the response code
+    it deserves (400, or 413 / 505 where RFC 3261 §21 has a more precise one).
     """
 
-    def __init__(self, reason: str, partial: SipRequest | None = None) -> None:
+    def __init__(self, reason: str, partial: SipRequest | None = None, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
+        self.status = status
+
+
+def ascii_digits(value: str, max_len: int = 9) -> int | None:
+    """A non-negative decimal number, or None. `str.isdigit` is not enough: it accepts
+    characters such as '²' that `int()` then rejects."""
+    value = value.strip()
+    if len(value) > max_len or not _DIGITS_RE.fullmatch(value):
+        return None
+    return int(value)
 
 
 def canonical_name(name: str) -> str:
@@ -263,7 +275,9 @@ def parse_address(value: str) -> sipmessage.Address:
     """A name-addr or addr-spec (From, To, Contact, Route), or SipParseError."""
     try:
         return sipmessage.Address.parse(value)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, TypeError, KeyError) as exc:
+        # TypeError: sipmessage builds Parameters(**params), so a parameter named `self`
+        # ("<sip:a@b;self>") collides with the method's own argument.
         raise SipParseError("Malformed address") from exc
 
 
@@ -387,18 +401,24 @@ class _Raw:
     body: bytes = field(default=b"")
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Split at the first empty line (CRLF CRLF, tolerating bare LF)."""
+def _split_head(data: bytes, *, datagram: bool) -> tuple[bytes, bytes]:
+    """Split at the first empty line (CRLF CRLF, tolerating bare LF). A datagram that lacks the
+    empty line is taken as headers only: UDP delivers whole datagrams, so nothing is missing
+    but the sender's final CRLF."""
     crlf = data.find(b"\r\n\r\n")
     lf = data.find(b"\n\n")
     if crlf == -1 and lf == -1:
+        if datagram:
+            return data, b""
         raise SipParseError("No end of headers")
     if crlf != -1 and (lf == -1 or crlf <= lf):
         return data[:crlf], data[crlf + 4 :]
     return data[:lf], data[lf + 2 :]
 
 
-def _parse_head(head: bytes) -> tuple[str, Headers]:
+def _parse_head(head: bytes) -> tuple[str, Headers, str | None]:
+    """The start line, the headers, and the first problem with a header line if any: a bad
+    line is skipped so that the rest can still carry an error response back."""
     if len(head) > MAX_HEADER_BYTES:
         raise SipParseError("Header block too large")
     text = head.decode("utf-8", "surrogateescape")
@@ -408,11 +428,14 @@ def _parse_head(head: bytes) -> tuple[str, Headers]:
     if not lines:
         raise SipParseError("Empty message")
     start_line = lines[0].strip()
+    problem: str | None = None
     unfolded: list[str] = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
             if not unfolded:
-                raise SipParseError("Continuation line before any header")
+                problem = problem or "Continuation line before any header"
+                continue
+            # RFC 3261 §7.3.1: folding is equivalent to a single SP.
             unfolded[-1] += " " + line.strip()
         elif line.strip():
             unfolded.append(line)
@@ -423,47 +446,61 @@ def _parse_head(head: bytes) -> tuple[str, Headers]:
         name, sep, value = line.partition(":")
         name = name.strip()
         if not sep or not _HEADER_NAME_RE.fullmatch(name):
-            raise SipParseError("Malformed header line")
+            problem = problem or "Malformed header line"
+            continue
         headers.add(name, value.strip())
-    return start_line, headers
+    return start_line, headers, problem
 
 
 def content_length(headers: Headers) -> int | None:
     value = headers.get("Content-Length")
     if value is None:
         return None
-    value = value.strip()
-    if not value.isdigit() or len(value) > 9:
+    length = ascii_digits(value)
+    if length is None:
         raise SipParseError("Malformed Content-Length")
-    return int(value)
+    return length
 
 
 def parse_message(data: bytes, *, datagram: bool = True) -> SipRequest | SipResponse:
     """Parse one complete message. With `datagram`, the body is whatever follows the headers,
-    cut to Content-Length (RFC 3261 §18.3); a Content-Length larger than the data is an error."""
+    cut to Content-Length (RFC 3261 §18.3); a Content-Length larger than the data is an error.
+
+    Raises SipParseError only; its `partial` is set when the request can still be answered.
+    """
     if len(data) > MAX_DATAGRAM + MAX_BODY_BYTES:
         raise SipParseError("Message too large")
-    head, body = _split_head(data)
-    start_line, headers = _parse_head(head)
-    length = content_length(headers)
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipParseError("Empty message")
+    head, body = _split_head(data, datagram=datagram)
+    start_line, headers, problem = _parse_head(head)
+    message = _build(start_line, headers, b"")
+    partial = _respondable(message) if isinstance(message, SipRequest) else None
+    try:
+        length = content_length(headers)
+    except SipParseError as exc:
+        raise SipParseError(exc.reason, partial) from None
     if length is not None:
+        if length > MAX_BODY_BYTES:
+            raise SipParseError("Body too large", partial, 413)
         if length > len(body):
-            message = _build(start_line, headers, b"", strict=False)
-            raise SipParseError(
-                "Content-Length larger than the body",
-                message if isinstance(message, SipRequest) else None,
-            )
+            raise SipParseError("Content-Length larger than the body", partial)
         body = body[:length]
     elif not datagram:
         body = b""
     if len(body) > MAX_BODY_BYTES:
-        raise SipParseError("Body too large")
-    return _build(start_line, headers, body, strict=True)
+        raise SipParseError("Body too large", partial, 413)
+    message.body = body
+    if problem is not None:
+        raise SipParseError(problem, partial)
+    if isinstance(message, SipRequest):
+        _validate_request(message, start_line)
+    return message
 
 
-def _build(
-    start_line: str, headers: Headers, body: bytes, *, strict: bool
-) -> SipRequest | SipResponse:
+def _build(start_line: str, headers: Headers, body: bytes) -> SipRequest | SipResponse:
     if start_line.upper().startswith("SIP/"):
         m = _STATUS_RE.fullmatch(start_line)
         if not m:
@@ -472,14 +509,8 @@ def _build(
     parts = start_line.split()
     if len(parts) != 3 or not _METHOD_RE.fullmatch(parts[0]):
         raise SipParseError("Malformed request line")
-    method, uri, version = parts
-    request = SipRequest(headers, body, method.upper(), uri)
-    if not strict:
-        return request
-    if version.upper() != "SIP/2.0":
-        raise SipParseError("Unsupported SIP version", _respondable(request))
-    _validate_request(request)
-    return request
+    method, uri, _version = parts
+    return SipRequest(headers, body, method.upper(), uri)
 
 
 def _respondable(request: SipRequest) -> SipRequest | None:
@@ -495,16 +526,19 @@ def _respondable(request: SipRequest) -> SipRequest | None:
     return request
 
 
-def _validate_request(request: SipRequest) -> None:
+def _validate_request(request: SipRequest, start_line: str) -> None:
     h = request.headers
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if not h.get(name):
-            raise SipParseError(f"Missing {name}", _respondable(request))
+            # Without all five no response can be built (RFC 3261 §8.2.6.2): drop silently.
+            raise SipParseError(f"Missing {name}")
     try:
         request.top_via  # noqa: B018
         number, method = request.cseq
     except SipParseError as exc:
         raise SipParseError(exc.reason, None) from exc
+    if start_line.split()[2].upper() != "SIP/2.0":
+        raise SipParseError("Unsupported SIP version", request, 505)
     if method != request.method:
         raise SipParseError("CSeq method does not match the request", request)
     if number >= 2**31:
@@ -512,12 +546,9 @@ def _validate_request(request: SipRequest) -> None:
     if ":" not in request.uri:
         raise SipParseError("Malformed Request-URI", request)
     max_forwards = h.get("Max-Forwards")
-    if max_forwards is not None and not max_forwards.strip().isdigit():
+    if max_forwards is not None and ascii_digits(max_forwards) is None:
         raise SipParseError("Malformed Max-Forwards", request)
-    if not request.from_tag and request.method not in ("ACK", "CANCEL"):
-        # RFC 2543 peers omit the From tag; RFC 3261 requires it. Tolerate, the dialog
-        # layer treats a missing tag as an empty one.
-        pass
+    # A missing From tag (RFC 2543 peers) is tolerated: the dialog layer treats it as empty.
 
 
 def build_response(
@@ -551,42 +582,84 @@ class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages by Content-Length (RFC 3261 §18.3).
 
     `feed()` returns complete messages as bytes; keep-alive CRLFs between messages are skipped
-    and reported through `pings` (RFC 5626 §4.4.1: a double CRLF ping gets a single CRLF pong).
-    A framing error is fatal for the connection: the caller answers if it can and closes.
+    and every double CRLF is counted in `pings` (RFC 5626 §4.4.1: the ping is CRLF CRLF, the
+    pong a single CRLF), however the bytes were split across reads. The end of the headers may
+    be CRLF CRLF or, tolerated, LF LF. A framing error is fatal for the connection: the caller
+    answers if it can and closes.
     """
 
     def __init__(self, max_message: int = MAX_HEADER_BYTES + MAX_BODY_BYTES) -> None:
         self._buffer = bytearray()
         self._max = max_message
+        self._scanned = 0
+        """How far the search for the end of the headers has already looked."""
+        self._total: int | None = None
+        """Length of the message at the head of the buffer, once its headers are complete."""
+        self._crlfs = 0
+        """CRLFs seen between messages since the last ping was counted."""
         self.pings = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         messages: list[bytes] = []
         while True:
-            # Skip keep-alive CRLFs before a message.
-            stripped = 0
-            while self._buffer[stripped : stripped + 2] == b"\r\n":
-                stripped += 2
-            if stripped:
-                if stripped >= 4:
+            if self._total is None and not self._skip_keepalives():
+                return messages
+            if self._total is None:
+                total = self._frame_length()
+                if total is None:
+                    return messages
+                self._total = total
+            if len(self._buffer) < self._total:
+                return messages
+            messages.append(bytes(self._buffer[: self._total]))
+            del self._buffer[: self._total]
+            self._total = None
+            self._scanned = 0
+            self._crlfs = 0
+
+    def _skip_keepalives(self) -> bool:
+        """Drop CRLFs (and bare LFs) before a message; False when nothing else is buffered."""
+        buf = self._buffer
+        i = 0
+        while i < len(buf):
+            if buf[i : i + 2] == b"\r\n":
+                i += 2
+                self._crlfs += 1
+                if self._crlfs == 2:
                     self.pings += 1
-                del self._buffer[:stripped]
-            if not self._buffer:
-                return messages
-            end = self._buffer.find(b"\r\n\r\n")
-            if end == -1:
-                if len(self._buffer) > MAX_HEADER_BYTES:
-                    raise SipParseError("Header block too large")
-                return messages
-            _start, headers = _parse_head(bytes(self._buffer[:end]))
-            length = content_length(headers)
-            if length is None:
-                raise SipParseError("Missing Content-Length on a stream transport")
-            total = end + 4 + length
-            if total > self._max:
-                raise SipParseError("Message too large")
-            if len(self._buffer) < total:
-                return messages
-            messages.append(bytes(self._buffer[:total]))
-            del self._buffer[:total]
+                    self._crlfs = 0
+            elif buf[i] == 0x0A:
+                i += 1
+            else:
+                break
+        if i:
+            del buf[:i]
+        if not buf or buf == b"\r":  # nothing, or the first half of a CRLF
+            return False
+        self._crlfs = 0
+        return True
+
+    def _frame_length(self) -> int | None:
+        buf = self._buffer
+        # Resume the search a few bytes back: the terminator may straddle two reads.
+        start = max(0, self._scanned - 3)
+        crlf = buf.find(b"\r\n\r\n", start)
+        lf = buf.find(b"\n\n", start)
+        if crlf == -1 and lf == -1:
+            self._scanned = len(buf)
+            if len(buf) > MAX_HEADER_BYTES:
+                raise SipParseError("Header block too large")
+            return None
+        if crlf != -1 and (lf == -1 or crlf <= lf):
+            end, gap = crlf, 4
+        else:
+            end, gap = lf, 2
+        _start, headers, _problem = _parse_head(bytes(buf[:end]))
+        length = content_length(headers)
+        if length is None:
+            raise SipParseError("Missing Content-Length on a stream transport")
+        total = end + gap + length
+        if total > self._max:
+            raise SipParseError("Message too large", status=513)
+        return total
