@@ -20,13 +20,17 @@ from api.app import create_api
 from siprec_server.config import Config, parse_host_port, parse_listen
 from siprec_server.logs import get_logger
 from siprec_server.media.ports import PortAllocator
+from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import recordings
+from storage.audit import AuditEvent, record_audit
 from storage.database import create_pool, migrate
 from storage.embedded_postgres import EmbeddedPostgres
+from storage.keys import KeyRing, LocalKeyStore
+from storage.signing import load_or_create_signing_key
 
 log = get_logger("app")
 
@@ -66,6 +70,26 @@ async def open_database(config: Config) -> tuple[asyncpg.Pool, EmbeddedPostgres 
     return pool, cluster
 
 
+async def open_key_ring(db: asyncpg.Pool, directory: Path, node_id: str) -> KeyRing:
+    """The master keys. Until the dual-control ceremony exists, a first start creates one
+    under data_dir/keys (0600) — and says so in the audit trail."""
+    ring, created = LocalKeyStore(directory).load_or_create(datetime.now(UTC))
+    if created:
+        await record_audit(
+            db,
+            AuditEvent(
+                actor=f"node:{node_id}",
+                action="key.master_created",
+                target=ring.current.key_id,
+                source="local-key-store",
+                details={"store": "local file", "dual_control": False},
+            ),
+        )
+        log.warning("master_key_created", key_id=ring.current.key_id,
+                    note="single-operator local key; replace with the dual-control ceremony")
+    return ring
+
+
 @dataclass
 class RunningServer:
     config: Config
@@ -73,6 +97,7 @@ class RunningServer:
     cluster: EmbeddedPostgres | None
     sip: SipEndpoint
     recorder: Recorder
+    media: MediaService
     api_runner: web.AppRunner
     api_address: tuple[str, int]
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
@@ -80,6 +105,7 @@ class RunningServer:
     async def stop(self) -> None:
         log.info("shutting_down")
         await self.recorder.shutdown()
+        await self.media.close()
         await self.api_runner.cleanup()
         await self.sip.close()
         await self.db.close()
@@ -105,7 +131,24 @@ async def start_server(config: Config) -> RunningServer:
     data_dir.chmod(0o711)
     node_id = node_id_of(config)
     db, cluster = await open_database(config)
+    media: MediaService | None = None
     try:
+        keys = await open_key_ring(db, data_dir / "keys", node_id)
+        signer = load_or_create_signing_key(data_dir / "keys")
+        await recordings.register_signing_key(db, signer.key_id, node_id,
+                                              signer.public_key_bytes())
+        media = MediaService(
+            data_dir=data_dir,
+            db=db,
+            keys=keys,
+            signer=signer,
+            node_id=node_id,
+            bind_host=config.media.bind_address,
+            ports=PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max),
+        )
+        recovered = await media.recover()
+        if recovered:
+            log.warning("interrupted_recordings_recovered", count=recovered)
         closed = await recordings.close_open_recordings(db, node_id, datetime.now(UTC))
         if closed:
             log.warning("open_recordings_closed_at_start", count=len(closed))
@@ -126,7 +169,8 @@ async def start_server(config: Config) -> RunningServer:
                 require_siprec=config.sip.require_siprec,
             ),
             db,
-            PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max),
+            media,
+            media,
         )
         agent = SipAgent(
             AgentSettings(
@@ -154,11 +198,13 @@ async def start_server(config: Config) -> RunningServer:
         await site.start()
         api_address = runner.addresses[0][:2]
     except BaseException:
+        if media is not None:
+            await media.close()
         await db.close()
         if cluster is not None:
             await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
         raise
-    server = RunningServer(config, db, cluster, sip, recorder, runner, api_address, bound)
+    server = RunningServer(config, db, cluster, sip, recorder, media, runner, api_address, bound)
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     log.info("api_listening", address=f"http://{api_address[0]}:{api_address[1]}")

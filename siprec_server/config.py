@@ -58,6 +58,7 @@ class MediaConfig:
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
     advertised_address: str = ""
+    bind_address: str = "0.0.0.0"
     codecs: tuple[str, ...] = KNOWN_CODECS
     codec_preference: str = "offer"
     srtp_suites: tuple[str, ...] = tuple(s.name for s in SUITES)
@@ -282,6 +283,7 @@ def _validate(config: Config) -> None:
     for name, value in (
         ("sip.advertised_address", sip.advertised_address),
         ("media.advertised_address", media.advertised_address),
+        ("media.bind_address", media.bind_address),
     ):
         if value:
             try:

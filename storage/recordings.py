@@ -196,3 +196,131 @@ async def find_by_call_id(db: Executor, call_id: str) -> list[UUID]:
         "SELECT id FROM recordings WHERE call_id = $1 ORDER BY started_at", call_id
     )
     return [row["id"] for row in rows]
+
+
+# ------------------------------------------------------------------------------ recorded media
+
+
+@dataclass(frozen=True, slots=True)
+class MediaResult:
+    """What a finished (or recovered) recording file contained, and its signature."""
+
+    duration_ms: int
+    plaintext_sha256: bytes
+    ciphertext_sha256: bytes
+    plaintext_bytes: int
+    ciphertext_bytes: int
+    pauses: list[dict[str, Any]]
+    dtmf_events: int
+    recovered: bool
+    summary: dict[str, Any]
+    signature: bytes
+    signing_key_id: str
+    stream_stats: dict[int, dict[str, int]]
+    """m-line index → packet statistics."""
+
+
+async def save_media_start(
+    db: asyncpg.Pool,
+    recording_id: UUID,
+    *,
+    file_path: str,
+    sample_rate: int,
+    channels: list[dict[str, Any]],
+    master_key_id: str,
+    wrapped_key: bytes,
+) -> None:
+    """Before any audio is written: the wrapped data key and where the file goes."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO recording_keys (recording_id, master_key_id, wrapped_key)
+               VALUES ($1, $2, $3)""",
+            recording_id,
+            master_key_id,
+            wrapped_key,
+        )
+        await conn.execute(
+            """UPDATE recordings SET file_path = $2, sample_rate = $3, channels = $4
+               WHERE id = $1""",
+            recording_id,
+            file_path,
+            sample_rate,
+            channels,
+        )
+        for channel in channels:
+            await conn.execute(
+                "UPDATE streams SET channel = $3 WHERE recording_id = $1 AND m_index = $2",
+                recording_id,
+                channel["m_index"],
+                channel["index"],
+            )
+
+
+async def save_media_result(db: asyncpg.Pool, recording_id: UUID, result: MediaResult) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """UPDATE recordings SET duration_ms = $2, plaintext_sha256 = $3,
+                   ciphertext_sha256 = $4, plaintext_bytes = $5, ciphertext_bytes = $6,
+                   pauses = $7, dtmf_events = $8, recovered = $9, summary = $10,
+                   signature = $11, signing_key_id = $12
+               WHERE id = $1""",
+            recording_id,
+            result.duration_ms,
+            result.plaintext_sha256,
+            result.ciphertext_sha256,
+            result.plaintext_bytes,
+            result.ciphertext_bytes,
+            result.pauses,
+            result.dtmf_events,
+            result.recovered,
+            result.summary,
+            result.signature,
+            result.signing_key_id,
+        )
+        for m_index, stats in result.stream_stats.items():
+            await conn.execute(
+                "UPDATE streams SET stats = $3 WHERE recording_id = $1 AND m_index = $2",
+                recording_id,
+                m_index,
+                stats,
+            )
+
+
+async def get_recording_key(db: Executor, recording_id: UUID) -> tuple[str, bytes] | None:
+    row = await db.fetchrow(
+        "SELECT master_key_id, wrapped_key FROM recording_keys WHERE recording_id = $1",
+        recording_id,
+    )
+    return (row["master_key_id"], bytes(row["wrapped_key"])) if row else None
+
+
+async def register_signing_key(db: Executor, key_id: str, node_id: str, public_key: bytes) -> None:
+    await db.execute(
+        """INSERT INTO signing_keys (key_id, node_id, public_key) VALUES ($1, $2, $3)
+           ON CONFLICT (key_id) DO NOTHING""",
+        key_id,
+        node_id,
+        public_key,
+    )
+
+
+async def get_signing_key(db: Executor, key_id: str) -> bytes | None:
+    value = await db.fetchval("SELECT public_key FROM signing_keys WHERE key_id = $1", key_id)
+    return bytes(value) if value is not None else None
+
+
+async def unfinished_media(db: Executor, node_id: str) -> list[dict[str, Any]]:
+    """Recordings this node was writing when it stopped (start-up recovery)."""
+    rows = await db.fetch(
+        """SELECT id, call_id, started_at, file_path, channels, sample_rate FROM recordings
+           WHERE node_id = $1 AND state = 'recording' AND file_path IS NOT NULL""",
+        node_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def recording_ids(db: Executor) -> list[UUID]:
+    rows = await db.fetch(
+        "SELECT id FROM recordings WHERE file_path IS NOT NULL ORDER BY started_at"
+    )
+    return [r["id"] for r in rows]

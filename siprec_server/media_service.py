@@ -1,0 +1,498 @@
+"""Recorded media for the recorder: RTP sockets per answered m-line, one CallMedia per session
+writing Ogg Opus straight into the encrypting file writer, and the end of each recording —
+hashes, statistics, the node's signature — in PostgreSQL. Also start-up recovery of recordings
+a crash left open.
+
+This is the glue between the sans-IO media core (siprec_server/media), the storage layer and the
+recorder; the media core itself never sees a socket, a key store or the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+from uuid import UUID
+
+import asyncpg
+
+from siprec_server.logs import get_logger
+from siprec_server.media.call import CallMedia, MediaReport, SrtpSpec, StreamSpec, recording_rate
+from siprec_server.media.codecs import RtpCodec
+from siprec_server.media.ports import PortAllocator, PortsExhausted
+from siprec_server.siprec.sdp_answer import NegotiatedStream
+from siprec_server.siprec.session import RecordingSession
+from storage import recordings
+from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
+from storage.recording_file import (
+    FileSummary,
+    RecordingFileWriter,
+    decrypt_chunks,
+    seal_interrupted,
+)
+from storage.recordings import MediaResult
+from storage.signing import NodeSigningKey
+
+log = get_logger("media")
+
+TICK_INTERVAL = 0.1
+FORMAT = "ogg-opus/siprec-aead-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAssignment:
+    index: int
+    """Channel number in the Ogg Opus file."""
+    m_index: int
+    label: str | None
+    participant_ids: tuple[str, ...]
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "m_index": self.m_index,
+            "label": self.label,
+            "participant_ids": list(self.participant_ids),
+            "reason": self.reason,
+        }
+
+
+def channel_map(session: RecordingSession) -> list[ChannelAssignment]:
+    """One channel per recorded audio m-line, in SDP order. Label order says nothing about who
+    is caller or agent, so the SDP order is kept and the metadata says who is on each."""
+    audio = [s for s in session.streams if s.kind == "audio"]
+    out = []
+    for channel, stream in enumerate(audio):
+        senders = session.senders_of(stream)
+        if senders:
+            who = f"sent by {len(senders)} participant(s) per the metadata"
+            if len(senders) > 1:
+                who += " (a mixed stream)"
+        elif stream.label is None:
+            who = "no a=label, so no participant can be resolved"
+        else:
+            who = f"label {stream.label!r} has no sender in the metadata"
+        out.append(
+            ChannelAssignment(
+                channel, stream.index, stream.label, senders,
+                f"m-line {stream.index} is recorded stream {channel + 1} of {len(audio)}; {who}",
+            )
+        )
+    return out
+
+
+def stream_spec(stream: NegotiatedStream, channel: int) -> StreamSpec:
+    codec = stream.codec
+    codecs = {codec.pt: RtpCodec(codec.name, codec.rate, codec.channels or 1, codec.fmtp)}
+    codecs.setdefault(13, RtpCodec("CN", 8000))  # comfort noise is sent unannounced
+    event_pt = None
+    if stream.telephone_event is not None:
+        event = stream.telephone_event
+        event_pt = event.pt
+        codecs[event.pt] = RtpCodec("telephone-event", event.rate, 1, event.fmtp)
+    srtp = None
+    if stream.srtp is not None:
+        srtp = SrtpSpec(
+            stream.srtp.suite,
+            stream.srtp.remote_key_salt,
+            stream.srtp.unencrypted_srtcp,
+            stream.srtp.remote_mki,
+        )
+    return StreamSpec(stream.index, channel, codecs, event_pt, srtp, stream.rtcp_mux)
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    """One socket of one m-line; the per-packet path is two calls."""
+
+    __slots__ = ("_receive", "_index", "_time")
+
+    def __init__(self, receive: Callable[[int, bytes, float], None], index: int,
+                 time: Callable[[], float]) -> None:
+        self._receive = receive
+        self._index = index
+        self._time = time
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._receive(self._index, data, self._time())
+
+
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("_receive", "_index")
+
+    def __init__(self, receive: Callable[[int, bytes], None], index: int) -> None:
+        self._receive = receive
+        self._index = index
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._receive(self._index, data)
+
+
+@dataclass
+class _ActiveCall:
+    session: RecordingSession
+    media: CallMedia
+    writer: RecordingFileWriter
+    file: BinaryIO
+    path: Path
+    transports: list[asyncio.BaseTransport]
+    channels: list[ChannelAssignment]
+    data_key: bytes
+
+
+class MediaService:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        db: asyncpg.Pool,
+        keys: KeyRing,
+        signer: NodeSigningKey,
+        node_id: str,
+        bind_host: str,
+        ports: PortAllocator,
+    ) -> None:
+        self._dir = data_dir / "recordings"
+        self._db = db
+        self._keys = keys
+        self._signer = signer
+        self._node_id = node_id
+        self._bind_host = bind_host
+        self._ports = ports
+        self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
+        self._calls: dict[UUID, _ActiveCall] = {}
+        self._loop = asyncio.get_running_loop()
+        self._ticker: asyncio.Task[None] | None = None
+        self.stats = {"bind_failures": 0, "tick_errors": 0, "calls_failed": 0}
+
+    # ---------------------------------------------------------------- ports (the recorder's)
+
+    def allocate(self) -> int:
+        """An RTP port whose RTP and RTCP sockets are already bound, so the SDP answer never
+        names a port another process holds."""
+        for _attempt in range(16):
+            port = self._ports.allocate()
+            try:
+                self._sockets[port] = (self._bind(port), self._bind(port + 1))
+                return port
+            except OSError:
+                # Held by someone else: keep it out of the pool (not released) and move on.
+                self.stats["bind_failures"] += 1
+                log.warning("rtp_port_unavailable", port=port)
+        raise PortsExhausted("no bindable RTP port pair found")
+
+    def release(self, port: int) -> None:
+        for sock in self._sockets.pop(port, ()):
+            sock.close()
+        self._ports.release(port)
+
+    @property
+    def ports_in_use(self) -> int:
+        return self._ports.in_use
+
+    def _bind(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._bind_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((self._bind_host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    # ---------------------------------------------------------------- the recorder's MediaPort
+
+    async def start(self, session: RecordingSession) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_forever())
+        channels = channel_map(session)
+        if not channels:
+            return
+        by_index = {s.index: s for s in session.streams}
+        specs = [stream_spec(by_index[c.m_index], c.index) for c in channels]
+        rate = recording_rate(specs)
+        dek = new_data_key()
+        wrapped = wrap_data_key(self._keys.current, dek, session.recording_id)
+        path = self._path_for(session)
+        await recordings.save_media_start(
+            self._db, session.recording_id, file_path=str(path), sample_rate=rate,
+            channels=[c.as_dict() for c in channels], master_key_id=self._keys.current.key_id,
+            wrapped_key=wrapped,
+        )
+        file = _create_private(path)
+        writer = RecordingFileWriter(
+            file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
+        )
+        media = CallMedia(specs, len(channels), writer.write, writer.flush, rate=rate)
+        transports: list[asyncio.BaseTransport] = []
+        for channel in channels:
+            stream = by_index[channel.m_index]
+            rtp_sock, rtcp_sock = self._sockets[stream.local_port]
+            rtp, _ = await self._loop.create_datagram_endpoint(
+                lambda i=stream.index: _RtpProtocol(media.receive_rtp, i, self._loop.time),
+                sock=rtp_sock,
+            )
+            rtcp, _ = await self._loop.create_datagram_endpoint(
+                lambda i=stream.index: _RtcpProtocol(media.receive_rtcp, i), sock=rtcp_sock
+            )
+            transports += [rtp, rtcp]
+        self._calls[session.recording_id] = _ActiveCall(
+            session, media, writer, file, path, transports, channels, dek
+        )
+        log.info("media_started", recording_id=str(session.recording_id),
+                 channels=len(channels), rate=rate)
+
+    async def update(self, session: RecordingSession) -> None:
+        call = self._calls.get(session.recording_id)
+        if call is None:
+            return
+        by_index = {c.m_index: c.index for c in call.channels}
+        specs = [stream_spec(s, by_index[s.index]) for s in session.streams if s.index in by_index]
+        added = [s.index for s in session.streams if s.index not in by_index and s.kind == "audio"]
+        call.media.update_streams(specs)
+        if added:
+            log.warning("streams_added_mid_call_not_recorded",
+                        recording_id=str(session.recording_id), m_lines=added)
+        now = self._loop.time()
+        on_hold = all(s.direction in ("inactive", "recvonly") for s in session.streams)
+        if on_hold:
+            call.media.pause(now, "hold")
+        else:
+            call.media.resume(now, "hold")
+
+    async def stop(self, session: RecordingSession, reason: str) -> None:
+        call = self._calls.pop(session.recording_id, None)
+        if call is None:
+            return
+        for transport in call.transports:
+            transport.close()
+        try:
+            report = call.media.close(self._loop.time())
+            summary = call.writer.close()
+            call.file.flush()
+            os.fsync(call.file.fileno())
+        except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
+            self.stats["calls_failed"] += 1
+            log.error("media_close_failed", recording_id=str(session.recording_id),
+                      error=repr(exc))
+            return
+        finally:
+            call.file.close()
+        await self._store_result(
+            session.recording_id, session.call_id, session.started_at, datetime.now(UTC),
+            call.channels, summary, report, recovered=False,
+        )
+        log.info("media_finished", recording_id=str(session.recording_id),
+                 duration_s=round(report.duration, 3), bytes=summary.ciphertext_bytes)
+
+    # ---------------------------------------------------------------- control (API, DTMF)
+
+    def pause(self, recording_id: UUID, source: str) -> bool | None:
+        call = self._calls.get(recording_id)
+        return None if call is None else call.media.pause(self._loop.time(), source)
+
+    def resume(self, recording_id: UUID, source: str) -> bool | None:
+        call = self._calls.get(recording_id)
+        return None if call is None else call.media.resume(self._loop.time(), source)
+
+    def active(self, recording_id: UUID) -> CallMedia | None:
+        call = self._calls.get(recording_id)
+        return call.media if call else None
+
+    # ---------------------------------------------------------------- ticking
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = self._loop.time()
+            for recording_id, call in list(self._calls.items()):
+                try:
+                    call.media.tick(now)
+                except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
+                    self.stats["tick_errors"] += 1
+                    log.error("media_tick_failed", recording_id=str(recording_id),
+                              error=repr(exc))
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for port in list(self._sockets):
+            self.release(port)
+
+    # ---------------------------------------------------------------- finishing and recovery
+
+    async def _store_result(
+        self,
+        recording_id: UUID,
+        call_id: str,
+        started_at: datetime,
+        ended_at: datetime,
+        channels: list[ChannelAssignment] | list[dict[str, Any]],
+        summary: FileSummary,
+        report: MediaReport | None,
+        *,
+        recovered: bool,
+        duration_ms: int | None = None,
+    ) -> None:
+        if report is not None:
+            duration_ms = round(report.duration * 1000)
+            pauses = [
+                {"start_ms": round(p.start * 1000),
+                 "end_ms": round(p.end * 1000) if p.end is not None else None,
+                 "source": p.source}
+                for p in report.pauses
+            ]
+            stream_stats = {s.index: _stream_stats(s) for s in report.streams}
+            dtmf = report.dtmf_events
+        else:
+            pauses, stream_stats, dtmf = [], {}, 0
+        channel_dicts = [c.as_dict() if isinstance(c, ChannelAssignment) else c for c in channels]
+        signed: dict[str, Any] = {
+            "format": FORMAT,
+            "recording_id": str(recording_id),
+            "node_id": self._node_id,
+            "call_id": call_id,
+            "started_at": started_at.astimezone(UTC).isoformat(),
+            "ended_at": ended_at.astimezone(UTC).isoformat(),
+            "duration_ms": duration_ms or 0,
+            "channels": channel_dicts,
+            "plaintext_sha256": summary.plaintext_sha256.hex(),
+            "ciphertext_sha256": summary.ciphertext_sha256.hex(),
+            "plaintext_bytes": summary.plaintext_bytes,
+            "ciphertext_bytes": summary.ciphertext_bytes,
+            "recovered": recovered,
+            "pauses": pauses,
+            "dtmf_events": dtmf,
+            "streams": {str(k): v for k, v in sorted(stream_stats.items())},
+        }
+        signature = self._signer.sign(signed)
+        await recordings.register_signing_key(
+            self._db, self._signer.key_id, self._node_id, self._signer.public_key_bytes()
+        )
+        await recordings.save_media_result(
+            self._db,
+            recording_id,
+            MediaResult(
+                duration_ms=duration_ms or 0,
+                plaintext_sha256=summary.plaintext_sha256,
+                ciphertext_sha256=summary.ciphertext_sha256,
+                plaintext_bytes=summary.plaintext_bytes,
+                ciphertext_bytes=summary.ciphertext_bytes,
+                pauses=pauses,
+                dtmf_events=dtmf,
+                recovered=recovered,
+                summary=signed,
+                signature=signature,
+                signing_key_id=self._signer.key_id,
+                stream_stats=stream_stats,
+            ),
+        )
+
+    async def recover(self) -> int:
+        """Seal every file this node left open (a crash): each complete chunk stays readable,
+        the recording is marked interrupted and signed as recovered."""
+        count = 0
+        for row in await recordings.unfinished_media(self._db, self._node_id):
+            recording_id: UUID = row["id"]
+            try:
+                key = await recordings.get_recording_key(self._db, recording_id)
+                if key is None:
+                    raise LookupError("no data key")
+                dek = self._keys.unwrap(key[1], recording_id)
+                path = Path(row["file_path"])
+                with open(path, "r+b") as f:
+                    summary = seal_interrupted(f, recording_id=recording_id, data_key=dek)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with open(path, "rb") as f:
+                    duration_ms = ogg_duration_ms(
+                        decrypt_chunks(f, recording_id=recording_id, data_key=dek)
+                    )
+                now = datetime.now(UTC)
+                await self._store_result(
+                    recording_id, row["call_id"], row["started_at"], now, row["channels"],
+                    summary, None, recovered=True, duration_ms=duration_ms,
+                )
+                await recordings.mark_ended(self._db, recording_id, "interrupted",
+                                            "server stopped while recording", now)
+                count += 1
+                log.warning("recording_recovered", recording_id=str(recording_id),
+                            duration_ms=duration_ms)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop start-up
+                log.error("recording_recovery_failed", recording_id=str(recording_id),
+                          error=repr(exc))
+                await recordings.mark_ended(self._db, recording_id, "failed",
+                                            f"recovery failed: {type(exc).__name__}",
+                                            datetime.now(UTC))
+        return count
+
+    def _path_for(self, session: RecordingSession) -> Path:
+        day = session.started_at.astimezone(UTC)
+        return self._dir / f"{day:%Y/%m/%d}" / f"{session.recording_id}.srec"
+
+
+def _create_private(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _stream_stats(stream: Any) -> dict[str, int]:
+    stats, counters = stream.stats, stream.counters
+    return {
+        "channel": stream.channel,
+        "packets_received": stats.received,
+        "packets_lost": stats.lost,
+        "late": stats.late,
+        "duplicates": stats.duplicates,
+        "ssrc_changes": stats.ssrc_changes,
+        "reanchors": stats.reanchors,
+        "bad_packets": stats.bad_packets,
+        "srtp_auth_failures": counters.srtp_auth_failures,
+        "srtp_replays": counters.srtp_replays,
+        "srtp_other_failures": counters.srtp_other_failures,
+        "rtcp_packets": counters.rtcp_packets,
+        "dtmf_events": stats.dtmf_events,
+    }
+
+
+def ogg_duration_ms(plaintext_chunks: Any) -> int:
+    """Audio duration of an Ogg Opus stream from its last page's granule position (48 kHz) less
+    the pre-skip in its OpusHead; the stream may end mid-page (a crash)."""
+    tail = b""
+    last_granule = 0
+    pre_skip = 0
+    head_seen = False
+    for chunk in plaintext_chunks:
+        data = tail + chunk
+        pos = 0
+        while True:
+            start = data.find(b"OggS", pos)
+            if start == -1 or len(data) - start < 27:
+                tail = data[start:] if start != -1 else data[pos:]
+                break
+            segments = data[start + 26]
+            header_len = 27 + segments
+            if len(data) - start < header_len:
+                tail = data[start:]
+                break
+            body_len = sum(data[start + 27 : start + header_len])
+            if len(data) - start < header_len + body_len:
+                tail = data[start:]
+                break
+            body = data[start + header_len : start + header_len + body_len]
+            granule = int.from_bytes(data[start + 6 : start + 14], "little", signed=True)
+            if not head_seen and body.startswith(b"OpusHead") and len(body) >= 12:
+                pre_skip = int.from_bytes(body[10:12], "little")
+                head_seen = True
+            elif granule > 0:
+                last_granule = granule
+            pos = start + header_len + body_len
+    return max(0, (last_granule - pre_skip) // 48)

@@ -1,0 +1,120 @@
+"""The audit trail: append-only events chained by SHA-256, so that editing, inserting or deleting
+any row in the table is detectable (`verify_audit_chain`).
+
+hash(n) = SHA-256(hash(n-1) || canonical JSON of event n's fields); the first event chains to
+32 zero bytes. Appends are serialised with a transaction-scoped advisory lock so the chain has
+no forks however many API workers or nodes write at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+GENESIS = bytes(32)
+_LOCK_KEY = 0x5EC0_A0D1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    actor: str
+    """User id, "system", or "node:<id>"; never a password or token."""
+    action: str
+    """Dotted verb: key.master_created, recording.play, auth.login_failed, ..."""
+    outcome: str = "success"
+    target: str | None = None
+    source: str | None = None
+    """Client address or component."""
+    details: Mapping[str, Any] | None = None
+
+
+def _event_bytes(at: datetime, event: AuditEvent) -> bytes:
+    record = {
+        "at": at.astimezone(UTC).isoformat(),
+        "actor": event.actor,
+        "action": event.action,
+        "outcome": event.outcome,
+        "target": event.target,
+        "source": event.source,
+        "details": dict(event.details or {}),
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(prev: bytes, at: datetime, event: AuditEvent) -> bytes:
+    return hashlib.sha256(prev + _event_bytes(at, event)).digest()
+
+
+async def record_audit(
+    db: asyncpg.Pool | asyncpg.Connection, event: AuditEvent, at: datetime | None = None
+) -> int:
+    """Append one event; returns its sequence number."""
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    details = json.dumps(dict(event.details or {}), sort_keys=True)
+    async with _connection(db) as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        prev = await conn.fetchval("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        digest = chain_hash(prev or GENESIS, at, event)
+        seq: int = await conn.fetchval(
+            """INSERT INTO audit_events (at, actor, action, target, source, outcome, details,
+                                         prev_hash, hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9) RETURNING seq""",
+            at, event.actor, event.action, event.target, event.source, event.outcome, details,
+            prev or GENESIS, digest,
+        )
+    return seq
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    events: int
+    first_bad_seq: int | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_seq is None
+
+
+async def verify_audit_chain(db: asyncpg.Pool | asyncpg.Connection) -> ChainReport:
+    prev = GENESIS
+    count = 0
+    async with _connection(db) as conn, conn.transaction():
+        async for row in conn.cursor("SELECT * FROM audit_events ORDER BY seq"):
+            count += 1
+            details = row["details"]
+            if isinstance(details, str):
+                details = json.loads(details)
+            event = AuditEvent(row["actor"], row["action"], row["outcome"], row["target"],
+                               row["source"], details)
+            if bytes(row["prev_hash"]) != prev:
+                return ChainReport(count, row["seq"], "an event before it was removed or changed")
+            expected = chain_hash(prev, row["at"], event)
+            if bytes(row["hash"]) != expected:
+                return ChainReport(count, row["seq"], "the event was changed")
+            prev = expected
+    return ChainReport(count, None, None)
+
+
+class _connection:
+    """Use a pool's connection or a given connection alike."""
+
+    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db = db
+        self._conn: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if isinstance(self._db, asyncpg.Pool):
+            self._conn = await self._db.acquire()
+            return self._conn
+        return self._db
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._db.release(self._conn)  # type: ignore[union-attr]
