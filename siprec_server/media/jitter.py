@@ -18,8 +18,8 @@ arrived, blanks DTMF key presses and resamples to the recording rate.
 - The anchor is moved (counted in `reanchors`) when the sender's timestamps stop matching the
   arrival clock: a marker packet or a backwards timestamp more than `playout_delay` off, a
   packet more than a second early, ten on-pace packets more than a second late, or sender clock
-  drift that moved the earliest arrivals of the last 50 packets by more than half the playout
-  delay. A new SSRC gets its own anchor at its first packet (counted in `ssrc_changes`).
+  drift that moved the earliest arrivals of two successive 50-packet windows by more than half
+  the playout delay. A new SSRC gets its own anchor at its first packet (counted in `ssrc_changes`).
 
 The per-packet path (`push`) parses the header, tracks sequence numbers and appends a tuple;
 all numpy work happens in `pull`.
@@ -77,6 +77,9 @@ _MAX_SOURCES: Final = 8
 _DTMF_GUARD_BEFORE: Final = 0.02
 _DTMF_GUARD_AFTER: Final = 0.04
 """Audio blanked around a key press, seconds: detectors report a tone late, tails ring on."""
+_DTMF_UPDATE_GAP: Final = 0.06
+"""An event whose end packet never came may have lasted one update interval (50 ms, RFC 4733
+2.5.1.2) beyond its last known duration; its blank covers that too."""
 _DTMF_OPEN_TIMEOUT: Final = 1.0
 """Seconds of timeline past an open event's last known end before it is taken as ended."""
 _AUDIO, _EVENT, _SILENT = 0, 1, 2
@@ -130,6 +133,7 @@ class _Source:
         "win_count",
         "win_min",
         "win_max",
+        "prev_min",
         "events",
         "open_blank",
     )
@@ -145,6 +149,7 @@ class _Source:
         self.win_count = 0
         self.win_min = math.inf
         self.win_max = -math.inf
+        self.prev_min: float | None = None
         self.events = TelephoneEventTracker()
         self.open_blank: list[int] | None = None
 
@@ -213,6 +218,7 @@ class StreamTimeline:
         self._max_packets = max(256, int(max_buffer * 500))
         self._guard_before = int(_DTMF_GUARD_BEFORE * rate)
         self._guard_after = int(_DTMF_GUARD_AFTER * rate)
+        self._update_gap = int(_DTMF_UPDATE_GAP * rate)
         self._open_timeout = int(_DTMF_OPEN_TIMEOUT * rate)
 
         self._sources: dict[int, _Source] = {}
@@ -379,6 +385,7 @@ class StreamTimeline:
         src.ref_ts = ts
         src.ref_pos = pos
         src.reset_window()
+        src.prev_min = None
         self.stats.reanchors += 1
         return pos
 
@@ -388,14 +395,27 @@ class StreamTimeline:
         count = src.win_count
         src.reset_window()
         half = self._delay_samples // 2
-        if count < _DRIFT_WINDOW and spread > half:
-            # Far-late packets that are not on pace: a burst after a network stall, not a
-            # timestamp jump. Their audio is lost anyway; keep the anchor.
-            return 0
-        if abs(earliest) <= half:
-            return 0
-        shift = int(earliest)
+        if count < _DRIFT_WINDOW:
+            # Packets all more than a second late. On pace with each other they mean the
+            # sender's timestamps jumped; a spread-out burst is the backlog of a network stall,
+            # whose audio is lost anyway and must not move the anchor.
+            if spread > half:
+                return 0
+            shift = int(earliest)
+        else:
+            # Drift is slow and shows in two windows in a row; one window alone may hold the
+            # tail of a stall burst.
+            previous, src.prev_min = src.prev_min, earliest
+            if previous is None:
+                return 0
+            if earliest > half and previous > half:
+                shift = int(min(earliest, previous))
+            elif earliest < -half and previous < -half:
+                shift = int(max(earliest, previous))
+            else:
+                return 0
         src.ref_pos += shift
+        src.prev_min = None
         self.stats.reanchors += 1
         return shift
 
@@ -435,6 +455,8 @@ class StreamTimeline:
         src.open_blank = None
         start = blank[0] + self._guard_before
         blank[1] = start + ended.duration * num // den + self._guard_after
+        if not ended.confirmed:
+            blank[1] += self._update_gap
         digit = digit_for(ended.event)
         assert digit is not None
         self._events.append(
