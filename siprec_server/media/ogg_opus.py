@@ -18,13 +18,18 @@ meaning (3 = L, C, R) and decoders such as ffmpeg then reorder them (file channe
 third), which would break "channel i of the file is party i". The Opus packets are the same
 in every case; only the header's description differs.
 
-Defaults (measured with bench/opus_floor.py on the project machine, see the module report):
-SILK ("voip") at complexity 1 costs about 1.1 ms CPU per channel-second at 8 kHz and 1.9 ms at
-16 kHz; complexity 2+ switches SILK to delayed-decision quantisation and costs 60-90 % more for
-no difference our signal checks can see, which the 4.6 ms per call-second server budget cannot
-afford. 60 ms packets carry three SILK frames, saving per-packet overhead in libopus, PyAV
-and Ogg against 20 ms; a recorder has no latency constraint. 16 kbit/s per channel (VBR) is
-near SILK's narrowband ceiling; wideband input gets 20 kbit/s.
+Defaults (measured with bench/opus_floor.py on the project machine): SILK ("voip") at
+complexity 1 costs about 1.2 ms CPU per channel-second at 8 kHz and 2.0 ms at 16 kHz.
+Complexity 2+ turns on SILK's delayed-decision quantiser and costs 60-90 % more for no
+difference our signal checks can see, which a 4.6 ms per call-second server budget cannot
+afford; complexity 1 buys a better pitch estimator than 0 for a few per cent. 60 ms packets
+carry three SILK frames and save per-packet overhead in libopus, PyAV and Ogg against 20 ms;
+a recorder has no latency constraint. 16 kbit/s per channel (VBR) is near SILK's narrowband
+ceiling; wideband input gets 20 kbit/s. `application="lowdelay"` (CELT only) is ~40 % cheaper
+at 16 kHz but needs more bits for speech; it is left as an option.
+
+Known decoder quirks (ffmpeg's, not the stream's; see tests/audio.py): ffmpeg's own Opus
+decoder can end SILK streams up to 0.5 ms short; its libopus wrapper reorders 3-8 channels.
 """
 
 from __future__ import annotations
@@ -367,7 +372,10 @@ class OggOpusEncoder:
     # -- internals -------------------------------------------------------------------------
 
     def _encode_frame(self, block: npt.NDArray[np.int16], pages: list[bytes]) -> None:
-        frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout=self._layout)
+        # Interleaved s16 in one plane; a strided view (e.g. some columns of a wider mix)
+        # must be made contiguous first.
+        interleaved = np.ascontiguousarray(block).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=self._layout)
         frame.sample_rate = self._rate
         frame.pts = self._frames_in * self._frame_size
         self._frames_in += 1
