@@ -1,0 +1,91 @@
+"""End to end: a SIPREC call with two parties' RTP over loopback becomes an encrypted Ogg Opus
+recording whose decoded audio has each party's tone on its own channel, for the right time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+
+import numpy as np
+
+from siprec_server.app import RunningServer
+from siprec_server.siprec.sdp import parse_sdp
+from storage import recordings
+from storage.playback import read_all
+from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
+from tests.integration.conftest import sip_address
+from tests.integration.test_interop import wait_for_state
+from tests.sip_client import SipTestClient, interop_case
+
+
+def ulaw(pcm: np.ndarray) -> bytes:
+    """G.711 μ-law encoder (ITU-T G.711 segment encoding)."""
+    x = pcm.astype(np.int32)
+    sign = (x < 0).astype(np.int32) << 7
+    mag = np.minimum(np.abs(x), 32635) + 132
+    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
+    mantissa = (mag >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+async def send_rtp(port: int, payloads: list[bytes], pt: int, *, ssrc: int,
+                   samples: int = 160, ptime: float = 0.02) -> None:
+    """Paced plain RTP to the recorder's port on loopback."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    seq = random.randrange(65536)
+    ts = random.randrange(2**32)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        for i, payload in enumerate(payloads):
+            header = struct.pack("!BBHII", 0x80, pt | (0x80 if i == 0 else 0),
+                                 (seq + i) & 0xFFFF, (ts + i * samples) & 0xFFFFFFFF, ssrc)
+            sock.sendto(header + payload, ("127.0.0.1", port))
+            delay = start + (i + 1) * ptime - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    finally:
+        sock.close()
+
+
+async def test_two_party_call_is_recorded_on_two_channels(server: RunningServer) -> None:
+    seconds = 2.0
+    left = tone(440, seconds, 8000)
+    right = tone(1000, seconds, 8000)
+    frames_l = [ulaw(left[i : i + 160]) for i in range(0, len(left), 160)]
+    frames_r = [ulaw(right[i : i + 160]) for i in range(0, len(right), 160)]
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        response, dialog = await src.invite(interop_case("oracle_acme_1"))
+        assert response.status == 200 and dialog is not None
+        answer = parse_sdp(response.body)
+        ports = [m.port for m in answer.media]
+        await asyncio.gather(
+            send_rtp(ports[0], frames_l, 0, ssrc=0x1111),
+            send_rtp(ports[1], frames_r, 0, ssrc=0x2222),
+        )
+        await asyncio.sleep(0.3)
+        assert (await src.bye(dialog)).status == 200
+    row = await wait_for_state(server, dialog.call_id, "complete")
+    for _ in range(50):
+        row = await recordings.get_recording(server.db, row["id"])
+        if row and row["signature"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None and row["signature"] is not None
+    assert [c["label"] for c in row["channels"]] == ["16777227", "16777228"]
+    ogg = await read_all(server.db, server.media._keys, row["id"])
+    audio, rate = decode_ogg_opus(ogg)
+    assert audio.shape[1] == 2
+    duration = audio.shape[0] / rate
+    assert abs(duration - row["duration_ms"] / 1000) < 0.08
+    assert seconds - 0.1 < duration < seconds + 0.6
+    assert tone_level_db(audio[:, 0], rate, 440) - tone_level_db(audio[:, 1], rate, 440) > 25
+    assert tone_level_db(audio[:, 1], rate, 1000) - tone_level_db(audio[:, 0], rate, 1000) > 25
+    (seg_l,) = active_segments(audio[:, 0], rate, 440)
+    assert abs((seg_l[1] - seg_l[0]) - seconds) < 0.1
+    stats = {s["label"]: s["stats"] for s in row["streams"]}
+    assert stats["16777227"]["packets_received"] == len(frames_l)
+    assert stats["16777227"]["packets_lost"] == 0
+
