@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime
 
 import uvloop
 
@@ -18,6 +19,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start SIP, media and the API")
     run.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    verify = commands.add_parser(
+        "verify", help="tamper checks of recordings or of the audit chain (exit 0 if all pass)"
+    )
+    target = verify.add_mutually_exclusive_group(required=True)
+    target.add_argument("recording_id", nargs="?", help="one recording's id")
+    target.add_argument("--all", action="store_true", help="every recording")
+    target.add_argument("--audit", action="store_true", help="the audit trail's hash chain")
+    verify.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -38,6 +47,55 @@ async def _migrate(config: Config) -> None:
         await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
 
 
+async def _verify(config: Config, args: argparse.Namespace) -> int:
+    from uuid import UUID
+
+    from siprec_server.app import open_database
+    from storage.audit import verify_audit_chain
+    from storage.keys import LocalKeyStore
+    from storage.verification import verify_all, verify_recording
+
+    pool, cluster = await open_database(config)
+    try:
+        if args.audit:
+            report = await verify_audit_chain(pool)
+            if report.ok:
+                print(f"audit chain OK: {report.events} events")
+                return 0
+            print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}")
+            return 1
+        key_dir = config.server.data_dir / "keys"
+        if not key_dir.is_dir():
+            print(f"siprec-server: no key store at {key_dir}", file=sys.stderr)
+            return 2
+        keys, _created = LocalKeyStore(key_dir).load_or_create(datetime.now(UTC))
+        if args.all:
+            checks = await verify_all(pool, keys)
+        else:
+            try:
+                recording_id = UUID(args.recording_id)
+            except ValueError:
+                print(f"siprec-server: not a recording id: {args.recording_id!r}",
+                      file=sys.stderr)
+                return 2
+            checks = [await verify_recording(pool, keys, recording_id)]
+        failed = 0
+        for check in checks:
+            if check.skipped:
+                print(f"{check.recording_id} SKIPPED ({check.skipped})")
+            elif check.ok:
+                print(f"{check.recording_id} OK")
+            else:
+                failed += 1
+                print(f"{check.recording_id} FAILED: {'; '.join(check.problems)}")
+        print(f"{len(checks)} checked, {failed} failed")
+        return 1 if failed else 0
+    finally:
+        await pool.close()
+        if cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -51,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.run(run_until_signalled(config))
         return 0
+    if args.command == "verify":
+        return uvloop.run(_verify(config, args))
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

@@ -1,0 +1,138 @@
+"""The server process killed with SIGKILL mid-call: after a restart the recording is closed as
+`interrupted`, verifies, and plays up to within a second of the kill. Tampering is detected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+import pytest
+
+from siprec_server.siprec.sdp import parse_sdp
+from storage.database import create_pool
+from storage.keys import LocalKeyStore
+from storage.playback import read_all
+from tests.audio import active_segments, decode_ogg_opus, tone
+from tests.integration.conftest import server_env
+from tests.integration.test_recording import send_rtp, ulaw
+from tests.sip_client import SipTestClient, interop_case
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, **env}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "siprec_server", "run",
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        if b"SIP on" not in line:
+            err = await self.proc.stderr.read() if self.proc.stderr else b""  # type: ignore[union-attr]
+            raise AssertionError(f"server did not start: {line!r} {err[-2000:]!r}")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "siprec_server", *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.fixture
+async def process_env(db_dsn: str, data_dir: Path) -> AsyncIterator[dict[str, str]]:
+    port = free_port()
+    yield server_env(
+        db_dsn, data_dir,
+        sip__listen=f"udp:127.0.0.1:{port}",
+        media__bind_address="127.0.0.1",
+        server__log_format="json",
+    )
+
+
+async def test_sigkill_mid_call_leaves_an_interrupted_recording_that_verifies(
+    process_env: dict[str, str], db_dsn: str, data_dir: Path
+) -> None:
+    sip_port = int(process_env["SIPREC_SIP__LISTEN"].rsplit(":", 1)[1])
+    server = ServerProcess(process_env)
+    await server.start()
+    try:
+        frames = [ulaw(f) for f in np.split(tone(440, 4.0, 8000), 200)]
+        async with SipTestClient("udp", ("127.0.0.1", sip_port)) as src:
+            response, dialog = await src.invite(interop_case("oracle_acme_1"))
+            assert response.status == 200 and dialog is not None
+            port = parse_sdp(response.body).media[0].port
+            sender = asyncio.create_task(send_rtp(port, frames, 0, ssrc=7))
+            await asyncio.sleep(3.0)  # 3 s of audio sent, then the process dies
+            await server.kill()
+            sender.cancel()
+        await server.start()  # recovery happens at start-up
+    finally:
+        await server.stop()
+
+    db = await asyncpg.connect(db_dsn)
+    try:
+        row = await db.fetchrow("SELECT id, state, recovered, duration_ms FROM recordings")
+    finally:
+        await db.close()
+    assert row["state"] == "interrupted" and row["recovered"] is True
+    recording_id: UUID = row["id"]
+    code, out = await run_cli(process_env, "verify", str(recording_id))
+    assert code == 0, out
+    assert f"{recording_id} OK" in out
+
+    pool = await create_pool(db_dsn)
+    try:
+        keys, _ = LocalKeyStore(data_dir / "keys").load_or_create(datetime.now(UTC))
+        ogg = await read_all(pool, keys, recording_id)
+    finally:
+        await pool.close()
+    audio, rate = decode_ogg_opus(ogg)
+    played = audio.shape[0] / rate
+    assert 2.0 - 0.2 <= played <= 3.0 + 0.2, f"played {played:.2f}s of 3 s sent before the kill"
+    (segment,) = active_segments(audio[:, 0], rate, 440)
+    assert segment[1] - segment[0] >= 1.8
+
+    # Tampering with one byte of the file is caught by verify.
+    path = next((data_dir / "recordings").rglob("*.srec"))
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    code, out = await run_cli(process_env, "verify", "--all")
+    assert code == 1 and "FAILED" in out, out
