@@ -255,6 +255,9 @@ class StreamTimeline:
                 stats.bad_packets += 1
                 return
             payload = packet[start:end]
+        if type(payload) is not bytes:
+            # Never keep a view into a receive buffer the caller may reuse.
+            payload = bytes(payload)
         if not -1e9 < arrival < 1e9:  # also rejects NaN
             stats.bad_packets += 1
             return

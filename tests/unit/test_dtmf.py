@@ -48,7 +48,7 @@ def test_event_codes_map_to_digits() -> None:
 
 def test_one_key_press_is_one_start_and_one_end_despite_retransmitted_end_packets() -> None:
     tracker = TelephoneEventTracker()
-    transitions = []
+    transitions: list[EventStarted | EventEnded] = []
     for duration in (0, 400, 800, 1200):
         transitions += tracker.observe(8000, parse_telephone_event(event_payload(1, duration)))
     for _ in range(3):  # RFC 4733 2.5.1.4: the final packet is sent three times
