@@ -71,6 +71,12 @@ _ORPHAN_GRACE_S = 5.0
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _LOG_TAIL_BYTES = 4096
 _CONF_FILE = "siprec-embedded.conf"
+_THROWAWAY_SETTINGS = (
+    "# durable=False: a throwaway cluster, speed over crash safety.\n"
+    "fsync = off\n"
+    "synchronous_commit = off\n"
+    "full_page_writes = off\n"
+)
 
 _T = TypeVar("_T")
 
@@ -160,8 +166,12 @@ def find_bin_dir(
 
 def _run_coroutine_in_thread(coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
     """Run a coroutine to completion whether or not the calling thread has an event loop."""
+
+    async def bounded() -> _T:
+        return await asyncio.wait_for(coro, timeout)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result(timeout=timeout)
+        return pool.submit(asyncio.run, bounded()).result()
 
 
 def _conf_quote(value: str) -> str:
@@ -173,9 +183,12 @@ def _is_postgres_of(pid: int, data_dir: Path) -> bool:
     proc = Path("/proc") / str(pid)
     try:
         comm = (proc / "comm").read_text().strip()
+        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
         cwd = os.readlink(proc / "cwd")
-    except OSError:
-        # Gone, a zombie, or another user's process: in all cases not a server we can use.
+    except (OSError, IndexError):
+        # Gone, or another user's process: in both cases not a server we can use.
+        return False
+    if state in ("Z", "X"):  # killed, not yet reaped
         return False
     return comm in ("postgres", "postmaster") and Path(cwd) == data_dir
 
@@ -203,6 +216,8 @@ class _PidFile:
             lines = path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot read {path}: {exc}") from exc
         try:
             pid = int(lines[0])
         except (IndexError, ValueError):
@@ -217,8 +232,20 @@ class _PidFile:
 class EmbeddedPostgres:
     """A PostgreSQL cluster owned by this server, reachable only over a private unix socket."""
 
-    def __init__(self, root: Path, *, bin_dir: Path | None = None, run_as: str | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bin_dir: Path | None = None,
+        run_as: str | None = None,
+        durable: bool = True,
+    ):
+        """`durable=False` turns off fsync: only for throwaway clusters (tests), where it
+        makes initdb and CREATE DATABASE several times faster; a crash can corrupt it."""
         self.root = Path(os.path.abspath(root))
+        self.durable = durable
+        self.orphan_grace_s = _ORPHAN_GRACE_S
+        """How long backends of a dead postmaster get to exit on their own before SIGKILL."""
         self.data_dir = self.root / "data"
         self.log_file = self.root / "log" / "postgresql.log"
         self._bin_dir = bin_dir
@@ -250,24 +277,49 @@ class EmbeddedPostgres:
             "create an unprivileged user and name it with run_as"
         )
 
+    def _data_dir_owner(self) -> ClusterUser:
+        """Who may signal the running server: the data directory's owner (when we are root)."""
+        if os.geteuid() != 0:
+            return ClusterUser.current()
+        uid = self._owner_uid(self.data_dir)
+        try:
+            return ClusterUser.by_name(pwd.getpwuid(uid).pw_name)
+        except KeyError:
+            return ClusterUser(str(uid), uid, self.data_dir.stat().st_gid, ())
+
     def start(self) -> str:
         """Initialise the cluster if needed, start it (or adopt a running one); return the DSN."""
+        try:
+            return self._start()
+        except OSError as exc:
+            raise EmbeddedPostgresError(
+                f"cannot prepare the embedded PostgreSQL cluster in {self.root}: {exc}"
+            ) from exc
+
+    def _start(self) -> str:
         user = self.user
         bin_dir = self._resolve_bin_dir()
         self._prepare_directories(user)
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(bin_dir, user)
-        elif self._owner_uid(self.data_dir) != user.uid:
-            self._chown_tree(self.data_dir, user)
-
         running = self._running_pid_file()
         if running is not None:
+            # Our previous incarnation died without stopping it; it is healthy, so use it.
             log.warning(
                 "adopting PostgreSQL already running for %s (pid %d)", self.data_dir, running.pid
             )
             socket_dir = running.socket_dir or self.root / "run"
             port = running.port or SOCKET_PORT
+            if socket_dir.parent == Path(tempfile.gettempdir()):
+                self._private_socket_dir = socket_dir
         else:
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._initdb(bin_dir, user)
+            elif self._owner_uid(self.data_dir) != user.uid:
+                if os.geteuid() != 0:
+                    raise EmbeddedPostgresError(
+                        f"{self.data_dir} belongs to uid {self._owner_uid(self.data_dir)}, "
+                        f"not to {user.name}: run the server as that user, or chown it"
+                    )
+                self._chown_tree(self.data_dir, user)
             socket_dir = self._choose_socket_dir(user)
             port = SOCKET_PORT
             self._clear_crash_leftovers(socket_dir, port)
@@ -292,7 +344,7 @@ class EmbeddedPostgres:
         self._dsn = None
         if self._running_pid_file() is not None:
             bin_dir = self._resolve_bin_dir()
-            user = self.user
+            user = self._data_dir_owner()
             try:
                 self._pg_ctl(
                     bin_dir,
@@ -343,10 +395,11 @@ class EmbeddedPostgres:
 
     def _prepare_directories(self, user: ClusterUser) -> None:
         dropping = user.uid != os.geteuid()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if dropping:
             self._check_traversable(user)
         for directory in (self.root, self.root / "run", self.log_file.parent):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
             if dropping:
                 os.chown(directory, user.uid, user.gid)
             directory.chmod(0o700)
@@ -355,11 +408,7 @@ class EmbeddedPostgres:
 
     def _check_traversable(self, user: ClusterUser) -> None:
         for parent in reversed(self.root.parents):
-            try:
-                st = parent.stat()
-            except FileNotFoundError:
-                # Created by us below with the default umask; checked on the next start.
-                continue
+            st = parent.stat()
             if not user.can_traverse(st):
                 raise EmbeddedPostgresError(
                     f"PostgreSQL runs as user {user.name!r}, who cannot enter {parent} "
@@ -467,6 +516,7 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--locale=C",
                 "--auth=trust",
+                *([] if self.durable else ["--no-sync"]),
             ],
             user,
             timeout=_INITDB_TIMEOUT_S,
@@ -496,7 +546,7 @@ class EmbeddedPostgres:
             "max_connections = 100\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
             "log_timezone = 'UTC'\n"
-            "timezone = 'UTC'\n"
+            "timezone = 'UTC'\n" + ("" if self.durable else _THROWAWAY_SETTINGS)
         )
         if user.uid != os.geteuid():
             os.chown(path, user.uid, user.gid)
@@ -526,7 +576,8 @@ class EmbeddedPostgres:
             pid_file = _PidFile.read(pid_path)
             if pid_file is None or not _is_postgres_of(pid_file.pid, self.data_dir):
                 return None
-            if pid_file.status == "ready":
+            # No status line at all: a server older than PostgreSQL 10.
+            if pid_file.status in ("ready", ""):
                 return pid_file
             # Starting, or stopping: wait until it settles one way or the other.
             if time.monotonic() > deadline:
@@ -554,7 +605,7 @@ class EmbeddedPostgres:
         They still hold the old shared memory segment, and postgres refuses to start while it
         is in use. Without their postmaster they exit on their own within moments.
         """
-        deadline = time.monotonic() + _ORPHAN_GRACE_S
+        deadline = time.monotonic() + self.orphan_grace_s
         orphans = _postgres_processes_of(self.data_dir)
         if orphans:
             log.warning("waiting for %d orphaned postgres processes to exit", len(orphans))
