@@ -323,6 +323,15 @@ def test_garbage_rtcp_and_unknown_payload_types_are_counted_not_played() -> None
     assert timeline.stats.unknown_payload_types == 1
 
 
+def test_stream_without_a_decodable_codec_is_silence_with_every_packet_counted() -> None:
+    timeline = StreamTimeline({96: RtpCodec("AMR", 8000)}, output_rate=16000)
+    for i in range(50):
+        timeline.push(rtp(i, 160 * i, b"\x3c" * 32, pt=96), 0.02 * i)
+    out = timeline.pull(1.5)
+    assert len(out) == 24000 and not out.any()
+    assert timeline.stats.unknown_payload_types == 50
+
+
 def test_pulls_that_do_not_advance_return_nothing_and_bad_times_are_refused() -> None:
     timeline = StreamTimeline(PCMU, output_rate=8000)
     assert len(timeline.pull(-1.0)) == 0
@@ -531,7 +540,7 @@ def test_press_whose_end_was_lost_is_closed_by_the_next_press() -> None:
 
 def test_key_press_opening_the_stream_is_placed_by_its_duration() -> None:
     # The first packet of a new source is an update 100 ms into a key press.
-    timeline = StreamTimeline(PCMU_DTMF, output_rate=8000)
+    timeline = StreamTimeline(PCMU, telephone_event_pt=101, output_rate=8000)
     timeline.push(rtp(1, 5000, event(9, 800), pt=101), 1.1)
     timeline.push(rtp(2, 5000, event(9, 1600, end=True), pt=101), 1.2)
     timeline.pull(2.0)
