@@ -546,7 +546,7 @@ class _Reader:
             self.extension_or_wrapper(child, "group", group_id)
 
     def read_session(self, node: _Node) -> None:
-        session_id = node.attr("session_id", "id")
+        session_id = node.attr("session_id", "id", "sessionid", "session")
         if session_id is None:
             self.warn("session without an id ignored")
             return
@@ -571,7 +571,7 @@ class _Reader:
                 self.extension_or_wrapper(child, "session", session_id)
 
     def read_participant(self, node: _Node) -> None:
-        participant_id = node.attr("participant_id", "id")
+        participant_id = node.attr("participant_id", "id", "participantid")
         if participant_id is None:
             self.warn("participant without an id ignored")
             return
@@ -594,6 +594,8 @@ class _Reader:
                 self._read_association_time(draft, key, child)
             else:
                 self.extension_or_wrapper(child, "participant", participant_id)
+        if draft.name is None and node.attr("name") is not None:
+            draft.name = " ".join((node.attr("name") or "").split())
 
     def _read_name_id(self, draft: _ParticipantDraft, node: _Node) -> None:
         if draft.aor_raw is None:
@@ -619,7 +621,7 @@ class _Reader:
             draft.disassociate_time = parse_timestamp(node.text) or draft.disassociate_time
 
     def read_stream(self, node: _Node) -> None:
-        stream_id = node.attr("stream_id", "id")
+        stream_id = node.attr("stream_id", "id", "streamid")
         label_node = next((c for c in self.siprec_children(node) if c.key == "label"), None)
         label = (label_node.text if label_node is not None else node.attr("label")) or None
         if stream_id is None:
@@ -629,6 +631,7 @@ class _Reader:
         if draft is None:
             draft = self.streams[stream_id] = _StreamDraft(stream_id)
         draft.label = label or draft.label
+        draft.mode = draft.mode or (node.attr("mode") or "").lower() or None
         draft.session = node.attr("session_id", "session") or draft.session
         for child in node.children:
             key = child.key if self.is_siprec(child) else ""

@@ -273,6 +273,23 @@ def test_broadworks_aor_element_and_send_with_nested_id() -> None:
     assert participant.recv == ("urn:uuid:st2", "urn:uuid:st3")
 
 
+def test_attribute_style_names_ids_and_modes() -> None:
+    document = doc(
+        """
+        <session session="sess-1"/>
+        <participant id="p1" name="Alice"><aor>sip:alice@example.com</aor></participant>
+        <stream label="stream1" streamid="audio-stream" mode="Mixed"/>
+        """
+    )
+    assert document.session_id == "sess-1"
+    assert (document.participants[0].name, document.participants[0].aor) == (
+        "Alice",
+        "sip:alice@example.com",
+    )
+    (stream,) = document.streams
+    assert (stream.id, stream.label, stream.mode) == ("audio-stream", "stream1", "mixed")
+
+
 def test_send_in_participant_and_in_participantstreamassoc_are_united() -> None:
     document = doc(
         """
