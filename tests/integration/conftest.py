@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from siprec_server.app import RunningServer, start_server
 from siprec_server.config import load_config
+from tests.plaintext_scan import plaintext_audio_findings
 
 
 def server_env(db_dsn: str, data_dir: Path, **overrides: str) -> dict[str, str]:
@@ -28,10 +29,16 @@ def server_env(db_dsn: str, data_dir: Path, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def data_dir() -> AsyncIterator[Path]:
+def data_dir() -> Iterator[Path]:
+    """The server's data_dir; after the test it is scanned for plaintext audio (there must be
+    none, not even crash leftovers) and removed."""
     path = Path(tempfile.mkdtemp(prefix="siprec-test-data-"))
-    yield path  # type: ignore[misc]
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        yield path
+        findings = plaintext_audio_findings(path)
+        assert not findings, "plaintext audio on disk:\n" + "\n".join(findings)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
