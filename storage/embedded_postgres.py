@@ -71,6 +71,7 @@ _ORPHAN_GRACE_S = 5.0
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _LOG_TAIL_BYTES = 4096
 _CONF_FILE = "siprec-embedded.conf"
+_SHORT_SOCKET_PARENT = Path("/tmp")
 _THROWAWAY_SETTINGS = (
     "# durable=False: a throwaway cluster, speed over crash safety.\n"
     "fsync = off\n"
@@ -308,7 +309,7 @@ class EmbeddedPostgres:
             )
             socket_dir = running.socket_dir or self.root / "run"
             port = running.port or SOCKET_PORT
-            if socket_dir.parent == Path(tempfile.gettempdir()):
+            if socket_dir.parent == _SHORT_SOCKET_PARENT:
                 self._private_socket_dir = socket_dir
         else:
             if not (self.data_dir / "PG_VERSION").exists():
@@ -435,14 +436,15 @@ class EmbeddedPostgres:
         # Named after the root so a restart finds the same directory; only reused when it is
         # provably ours, because anyone may create names under /tmp.
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:12]
-        short = Path(tempfile.gettempdir()) / f"siprec-pg-{digest}"
+        # /tmp itself rather than $TMPDIR, which may be long or private to root.
+        short = _SHORT_SOCKET_PARENT / f"siprec-pg-{digest}"
         try:
             short.mkdir(mode=0o700)
             os.chown(short, user.uid, user.gid)
         except FileExistsError:
             st = short.lstat()
             if not (stat.S_ISDIR(st.st_mode) and st.st_uid == user.uid and st.st_mode & 0o077 == 0):
-                short = Path(tempfile.mkdtemp(prefix="siprec-pg-"))
+                short = Path(tempfile.mkdtemp(prefix="siprec-pg-", dir=_SHORT_SOCKET_PARENT))
                 os.chown(short, user.uid, user.gid)
         short.chmod(0o700)
         log.info(
