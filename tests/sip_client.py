@@ -7,7 +7,6 @@ import asyncio
 import re
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from siprec_server.sip.message import (
     SipRequest,
@@ -15,8 +14,9 @@ from siprec_server.sip.message import (
     StreamFramer,
     parse_message,
 )
+from tests.interop import INTEROP_DIR
 
-INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+INTEROP = INTEROP_DIR
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 
 

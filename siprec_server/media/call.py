@@ -17,6 +17,7 @@ import numpy as np
 
 from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf import DtmfEvent
+from siprec_server.media.dtmf_control import DtmfControl, DtmfSequenceDetector
 from siprec_server.media.jitter import StreamStats, StreamTimeline
 from siprec_server.media.ogg_opus import OggOpusEncoder
 from siprec_server.media.srtp import (
@@ -135,6 +136,7 @@ class CallMedia:
         flush_sink: Callable[[], None],
         *,
         rate: int | None = None,
+        dtmf_control: DtmfControl | None = None,
     ) -> None:
         self.rate = rate or recording_rate(streams)
         self.channels = channels
@@ -148,6 +150,7 @@ class CallMedia:
         self._paused_by: dict[str, float] = {}
         self._dtmf: list[DtmfEvent] = []
         self._dtmf_count = 0
+        self._dtmf_detector = DtmfSequenceDetector(dtmf_control) if dtmf_control else None
         self.closed = False
 
     # ---------------------------------------------------------------- packets
@@ -194,16 +197,22 @@ class CallMedia:
 
     def pause(self, now: float, source: str) -> bool:
         """Silence the recording from now on. False if `source` already paused it."""
-        if source in self._paused_by:
-            return False
-        self._paused_by[source] = self.recording_time(now) or 0.0
-        return True
+        return self._pause_at(self.recording_time(now) or 0.0, source)
 
     def resume(self, now: float, source: str) -> bool:
+        return self._resume_at(self.recording_time(now) or 0.0, source)
+
+    def _pause_at(self, at: float, source: str) -> bool:
+        if source in self._paused_by:
+            return False
+        self._paused_by[source] = at
+        return True
+
+    def _resume_at(self, at: float, source: str) -> bool:
         start = self._paused_by.pop(source, None)
         if start is None:
             return False
-        self._pauses.append(PauseInterval(start, self.recording_time(now) or 0.0, source))
+        self._pauses.append(PauseInterval(start, max(start, at), source))
         return True
 
     @property
@@ -258,12 +267,29 @@ class CallMedia:
                     pcm[:, 0] = block
                 else:
                     pcm[:, channel] = block
-            self._dtmf.extend(stream.timeline.drain_events())
+            events = stream.timeline.drain_events()
+            if events:
+                self._dtmf.extend(events)
+                self._apply_dtmf_control(events)
         self._silence_pauses(pcm, start, until)
         self._pulled = until
         self._encoder.encode(pcm)
         if until - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
+
+    def _apply_dtmf_control(self, events: list[DtmfEvent]) -> None:
+        # Before the block is encoded, so the pause covers everything after the sequence.
+        if self._dtmf_detector is None:
+            return
+        for event in events:
+            found = self._dtmf_detector.feed(event)
+            if found is None:
+                continue
+            action, at = found
+            if action == "pause":
+                self._pause_at(at, "dtmf")
+            else:
+                self._resume_at(at, "dtmf")
 
     def flush(self) -> None:
         self._encoder.flush()

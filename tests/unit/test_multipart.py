@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from siprec_server.siprec.multipart import (
     parse_content_type,
     split_body,
 )
+from tests.interop import INTEROP_DIR  # noqa: E402
 
 REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions" / "multipart"
 
@@ -32,16 +32,8 @@ REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions" / "multipart"
 
 
 def interop_dir() -> Path | None:
-    """The interop corpus: $SIPREC_INTEROP_DIR, tests/interop in the tree, or the shared copy."""
-    candidates = [
-        os.environ.get("SIPREC_INTEROP_DIR"),
-        str(Path(__file__).resolve().parents[1] / "interop"),
-        "/work/shared/interop",
-    ]
-    for candidate in candidates:
-        if candidate and any(Path(candidate).glob("*.sip")):
-            return Path(candidate)
-    return None
+    """The interop corpus (tests/interop.py finds it or fails)."""
+    return INTEROP_DIR
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ from siprec_server.siprec.sdp import (
     SessionDescription,
     parse_sdp,
 )
+from tests.interop import INTEROP_DIR  # noqa: E402
 
-INTEROP = Path("/work/shared/interop")
+INTEROP = INTEROP_DIR
+
 REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions" / "sdp"
 
 FUZZ = settings(
