@@ -19,6 +19,7 @@ from aiohttp import web
 from api.app import create_api
 from siprec_server.config import Config, parse_host_port, parse_listen
 from siprec_server.logs import get_logger
+from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
 from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
@@ -145,6 +146,11 @@ async def start_server(config: Config) -> RunningServer:
             node_id=node_id,
             bind_host=config.media.bind_address,
             ports=PortAllocator(config.media.rtp_port_min, config.media.rtp_port_max),
+            dtmf_control=DtmfControl(
+                config.media.dtmf_pause_sequence,
+                config.media.dtmf_resume_sequence,
+                config.media.dtmf_sequence_timeout,
+            ),
         )
         recovered = await media.recover()
         if recovered:

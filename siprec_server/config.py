@@ -62,6 +62,9 @@ class MediaConfig:
     codecs: tuple[str, ...] = KNOWN_CODECS
     codec_preference: str = "offer"
     srtp_suites: tuple[str, ...] = tuple(s.name for s in SUITES)
+    dtmf_pause_sequence: str = "*1"
+    dtmf_resume_sequence: str = "*2"
+    dtmf_sequence_timeout: int = 3
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,12 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"media.codecs: unknown codec {codec!r} (known: {KNOWN_CODECS})")
     if not media.codecs:
         raise ConfigError("media.codecs: at least one codec is needed")
+    for name, sequence in (("media.dtmf_pause_sequence", media.dtmf_pause_sequence),
+                           ("media.dtmf_resume_sequence", media.dtmf_resume_sequence)):
+        if any(ch not in "0123456789*#ABCD" for ch in sequence) or len(sequence) > 8:
+            raise ConfigError(f"{name}: up to 8 keys of 0-9 * # A-D, or empty to disable")
+    if media.dtmf_pause_sequence and media.dtmf_pause_sequence == media.dtmf_resume_sequence:
+        raise ConfigError("media.dtmf_resume_sequence: must differ from the pause sequence")
     if media.codec_preference not in ("offer", "local"):
         raise ConfigError("media.codec_preference: expected offer or local")
     for suite in media.srtp_suites:

@@ -24,6 +24,7 @@ import asyncpg
 from siprec_server.logs import get_logger
 from siprec_server.media.call import CallMedia, MediaReport, SrtpSpec, StreamSpec, recording_rate
 from siprec_server.media.codecs import RtpCodec
+from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator, PortsExhausted
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
@@ -156,6 +157,7 @@ class MediaService:
         node_id: str,
         bind_host: str,
         ports: PortAllocator,
+        dtmf_control: DtmfControl | None = None,
     ) -> None:
         self._dir = data_dir / "recordings"
         self._db = db
@@ -164,6 +166,7 @@ class MediaService:
         self._node_id = node_id
         self._bind_host = bind_host
         self._ports = ports
+        self._dtmf_control = dtmf_control
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
@@ -230,7 +233,8 @@ class MediaService:
         writer = RecordingFileWriter(
             file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
         )
-        media = CallMedia(specs, len(channels), writer.write, writer.flush, rate=rate)
+        media = CallMedia(specs, len(channels), writer.write, writer.flush, rate=rate,
+                          dtmf_control=self._dtmf_control)
         transports: list[asyncio.BaseTransport] = []
         for channel in channels:
             stream = by_index[channel.m_index]
