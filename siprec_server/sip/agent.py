@@ -8,18 +8,22 @@ drained with `messages_to_send()`; one timer is armed from `get_timer()` and fir
 tested with a fake clock.
 
 What the core decides alone (generic SIP): retransmissions, 100 Trying, CANCEL (200 + 487), BYE
-(200, 481 unknown dialog), ACK matching, OPTIONS, 405/420/481/483/500/491, session timers
-(RFC 4028: 422 below Min-SE, BYE when a session is not refreshed). What it leaves to the
-transaction user: whether and how to answer INVITE, UPDATE (bodies are SIPREC business).
+(200, 481 unknown dialog, 487 to what was still pending), ACK matching, OPTIONS,
+405/408/420/481/483/500/491, session timers (RFC 4028: 422 below Min-SE, BYE when the SRC stops
+refreshing, UPDATE refreshes when the SRC asked us to be the refresher). What it leaves to the
+transaction user: whether and how to answer INVITE, UPDATE (bodies are SIPREC business). A
+request the transaction user leaves unanswered for 64*T1 gets 408, so no transaction is stuck.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from siprec_server.sip.events import (
     DialogConfirmed,
@@ -36,11 +40,13 @@ from siprec_server.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    ascii_digits,
     build_response,
     header_param,
     parse_address,
     parse_message,
     parse_via,
+    split_list,
 )
 from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
 
@@ -53,6 +59,7 @@ DEFAULT_ACCEPT = (
     "multipart/mixed",
 )
 DEFAULT_SUPPORTED = ("siprec", "timer")
+_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9\-.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class _ServerTransaction:
     interval: float = 0.0
     retransmit: TimerHandle | None = None
     timeout: TimerHandle | None = None
+    new_target: str | None = None
+    """The Contact URI of a target refresh request, applied when it is accepted (RFC 6141)."""
 
     @property
     def is_invite(self) -> bool:
@@ -102,6 +111,17 @@ class _ServerTransaction:
         for handle in (self.retransmit, self.timeout):
             if handle:
                 handle.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionTimer:
+    """The outcome of an RFC 4028 negotiation for one 2xx."""
+
+    interval: int
+    refresher: str
+    """"uac": the SRC refreshes and we BYE when it stops; "uas": we refresh with UPDATE."""
+    require: bool
+    """The SRC supports timers, so the 2xx carries Require: timer (RFC 4028 §9)."""
 
 
 @dataclass(slots=True)
@@ -119,24 +139,38 @@ class _Dialog:
     local_cseq: int = 0
     confirmed: bool = False
     pending_invite: str | None = None
+    pending_offer: str | None = None
+    """An UPDATE carrying an offer not yet answered (RFC 3311 §5.2)."""
+    offer_in_2xx: bool = False
+    """Our unacknowledged 2xx carries an offer whose answer comes in the ACK."""
+    open_txns: set[str] = field(default_factory=set)
+    """Server transactions of this dialog without a final response yet."""
+    peer_allows_update: bool = False
     unacked_2xx: bytes | None = None
     unacked_cseq: int = 0
     ack_retransmit: TimerHandle | None = None
     ack_timeout: TimerHandle | None = None
     ack_interval: float = 0.0
     session_interval: int | None = None
+    session_refresher: str = "uac"
+    session_started: float = 0.0
     session_timer: TimerHandle | None = None
     ended: bool = False
 
 
+_ClientOutcome = Callable[[int, "SipResponse | None", float], None]
+"""Called with the final status (408 on Timer F), the response if any, and `now`."""
+
+
 @dataclass(slots=True)
 class _ClientTransaction:
-    """A non-INVITE client transaction (we only send BYE)."""
+    """A non-INVITE client transaction: the BYE and the session refresh UPDATE we send."""
 
     branch: str
     data: bytes
     peer: Peer
     interval: float
+    on_final: _ClientOutcome | None = None
     retransmit: TimerHandle | None = None
     timeout: TimerHandle | None = None
 
@@ -160,6 +194,9 @@ class SipAgent:
             "retransmissions_absorbed": 0,
             "parse_errors": 0,
             "dropped": 0,
+            "keepalives": 0,
+            "unanswered": 0,
+            "session_refreshes": 0,
         }
 
     # ---------------------------------------------------------------- the transport's side
@@ -167,13 +204,17 @@ class SipAgent:
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
         """One complete message (a datagram, or one framed from a stream)."""
         self._now_hint = now
+        if not data.strip(b"\r\n"):
+            # CRLF keep-alives (RFC 5626 §3.5.1) also arrive as datagrams; they are no error.
+            self.stats["keepalives"] += 1
+            return
         try:
             message = parse_message(data, datagram=not peer.reliable)
         except SipParseError as exc:
             self.stats["parse_errors"] += 1
             partial = exc.partial
             if partial is not None and partial.method != "ACK":
-                self._stateless_reply(partial, peer, 400, exc.reason)
+                self._stateless_reply(partial, peer, exc.status, exc.reason)
             return
         if isinstance(message, SipResponse):
             self._receive_response(message, now)
@@ -185,7 +226,7 @@ class SipAgent:
             # A header the dispatch needed turned out malformed (e.g. a From we must parse).
             self.stats["parse_errors"] += 1
             if message.method != "ACK":
-                self._stateless_reply(message, peer, 400, exc.reason)
+                self._stateless_reply(message, peer, exc.status, exc.reason)
 
     def messages_to_send(self) -> list[Outgoing]:
         out, self._outgoing = self._outgoing, []
@@ -214,29 +255,45 @@ class SipAgent:
         body: bytes = b"",
     ) -> bool:
         """Answer a request from a RequestReceived event. False when the transaction is already
-        finished (cancelled, timed out), in which case nothing is sent."""
+        finished (cancelled, timed out, its dialog ended), in which case nothing is sent."""
         self._now_hint = now
         txn = self._by_id.get(txn_id)
         if txn is None or txn.final_status:
             return False
         request = txn.request
+        method = request.method
+        dialog = self._dialogs.get(txn.dialog) if txn.dialog is not None else None
+        if txn.dialog is not None and (dialog is None or dialog.ended):
+            return False  # already answered 487 when the dialog ended
+        success = 200 <= status < 300
         extra = Headers(headers)
-        if request.method in ("INVITE", "UPDATE") and 200 <= status < 300:
-            self._add_session_timer_headers(request, extra)
-        if request.method == "INVITE" and 100 < status < 300 and "Contact" not in extra:
+        session: _SessionTimer | None = None
+        if method in ("INVITE", "UPDATE") and success:
+            session = self._negotiate_session_timer(request, dialog)
+            if session is not None:
+                extra.add("Session-Expires", f"{session.interval};refresher={session.refresher}")
+                if session.require:
+                    extra.add("Require", "timer")
+        if method == "INVITE" and 100 < status < 300:
+            if "Contact" not in extra:
+                extra.add("Contact", self.settings.contact(txn.peer.transport))
+            if txn.dialog is None and "Record-Route" not in extra:
+                # RFC 3261 §12.1.1: a response that creates a dialog copies Record-Route.
+                for value in request.headers.get_all("Record-Route"):
+                    extra.add("Record-Route", value)
+        if method == "UPDATE" and success and "Contact" not in extra:
+            # UPDATE is a target refresh request (RFC 3311 §5.2): its 2xx carries our Contact.
             extra.add("Contact", self.settings.contact(txn.peer.transport))
-        if request.method == "INVITE" and 200 <= status < 300:
+        if method == "INVITE" and success:
             extra.add("Allow", ", ".join(self.settings.allow))
             extra.add("Supported", ", ".join(self.settings.supported))
         response = self._response(request, status, reason, txn.to_tag, list(extra), body)
-        if request.method == "INVITE" and 200 <= status < 300:
-            self._accept_invite(txn, response, now)
-        elif request.method == "INVITE" and status >= 300:
-            self._finish_invite_with_error(txn)
-        if status >= 200 and request.method == "UPDATE" and 200 <= status < 300:
-            dialog = self._dialogs.get(txn.dialog or "")
-            if dialog:
-                self._arm_session_timer(dialog, request, now)
+        if method == "INVITE" and success:
+            self._accept_invite(txn, response, now, session)
+        elif method == "UPDATE" and success and dialog is not None:
+            if txn.new_target:
+                dialog.remote_target = txn.new_target
+            self._start_session_timer(dialog, session, now)
         self._send_response(txn, response, now)
         return True
 
@@ -247,7 +304,7 @@ class SipAgent:
         if dialog is None or dialog.ended:
             return
         self._send_bye(dialog, now, reason_text=reason)
-        self._terminate_dialog(dialog, reason)
+        self._terminate_dialog(dialog, reason, now)
 
     def dialog_of(self, txn_id: str) -> str | None:
         """The dialog a transaction created or belongs to (known once a 2xx was sent)."""
@@ -269,6 +326,7 @@ class SipAgent:
         existing = self._server.get(key)
         if existing is not None:
             self.stats["retransmissions_absorbed"] += 1
+            # RFC 6026 §7.1: in Accepted the 2xx is retransmitted by its own timer, not here.
             if existing.last_response is not None and existing.state != "accepted":
                 self._outgoing.append(Outgoing(existing.last_response, existing.reply_to))
             return
@@ -278,29 +336,31 @@ class SipAgent:
         if len(self._server) >= self.settings.max_transactions:
             self._stateless_reply(request, peer, 503, "Overloaded", [("Retry-After", "5")])
             return
-        txn = self._new_transaction(key, request, peer)
+        txn = self._new_transaction(key, request, peer, now)
         try:
             self._process(txn, now)
         except SipParseError as exc:
             self.stats["parse_errors"] += 1
-            self._reply(txn, 400, now, reason=exc.reason)
+            self._reply(txn, exc.status, now, reason=exc.reason)
 
     def _process(self, txn: _ServerTransaction, now: float) -> None:
         request = txn.request
         method = request.method
-        max_forwards = request.headers.get("Max-Forwards")
-        if max_forwards is not None and int(max_forwards) == 0 and method != "OPTIONS":
+        # RFC 3261 §8.2.1 (method) comes before §8.2.2 (header) inspection.
+        if method not in self.settings.allow and method != "OPTIONS":
+            self._reply(txn, 405, now, headers=[("Allow", ", ".join(self.settings.allow))])
+            return
+        max_forwards = ascii_digits(request.headers.get("Max-Forwards") or "")
+        if max_forwards == 0 and method != "OPTIONS":
             self._reply(txn, 483, now)
             return
-        unsupported = sorted(request.headers.tokens("Require") - set(self.settings.supported))
-        if unsupported and method != "CANCEL":
+        supported = {tag.lower() for tag in self.settings.supported}
+        unsupported = sorted(request.headers.tokens("Require") - supported)
+        if unsupported:
             self._reply(txn, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
         if method == "OPTIONS":
-            self._reply(txn, 200, now, headers=self._capabilities())
-            return
-        if method not in self.settings.allow:
-            self._reply(txn, 405, now, headers=[("Allow", ", ".join(self.settings.allow))])
+            self._reply(txn, 200, now, headers=self._capabilities(txn))
             return
         if request.is_in_dialog:
             self._process_in_dialog(txn, now)
@@ -310,10 +370,11 @@ class SipAgent:
             return
         if not self._session_interval_acceptable(txn, now):
             return
-        if not request.headers.get("Contact"):
+        contacts = request.headers.values("Contact")
+        if not contacts:
             self._reply(txn, 400, now, reason="Missing Contact")
             return
-        parse_address(request.headers.values("Contact")[0])  # malformed → 400 via caller
+        _uri_of(contacts[0])  # malformed → 400 via the caller
         self._reply(txn, 100, now)
         self._events.append(RequestReceived(txn.id, request, txn.peer, None))
 
@@ -326,17 +387,15 @@ class SipAgent:
         txn.dialog = dialog.id
         txn.to_tag = dialog.local_tag
         number, method = request.cseq
-        if number <= dialog.remote_cseq:
+        # RFC 3261 §12.2.2: only a *lower* CSeq is out of order.
+        if number < dialog.remote_cseq:
             self._reply(txn, 500, now, reason="CSeq out of order")
             return
         dialog.remote_cseq = number
+        dialog.open_txns.add(txn.id)
         if method == "BYE":
             self._reply(txn, 200, now)
-            if dialog.pending_invite:
-                pending = self._by_id.get(dialog.pending_invite)
-                if pending and not pending.final_status:
-                    self._reply(pending, 487, now)
-            self._terminate_dialog(dialog, "bye")
+            self._terminate_dialog(dialog, "bye", now)
             return
         if method == "INFO":
             self._reply(txn, 200, now)
@@ -344,20 +403,29 @@ class SipAgent:
             return
         if method in ("INVITE", "UPDATE"):
             has_offer = bool(request.body)
-            if dialog.pending_invite and (method == "INVITE" or has_offer):
-                # RFC 3261 §14.2 / RFC 3311 §5.2: an offer while ours is still unanswered.
-                self._reply(txn, 500, now, headers=[("Retry-After", str(secrets.randbelow(10)))])
+            busy = dialog.pending_invite is not None or dialog.pending_offer is not None
+            if busy and (method == "INVITE" or has_offer):
+                # RFC 3261 §14.2 / RFC 3311 §5.2: a request while an offer we received is
+                # unanswered: 500 with Retry-After between 0 and 10 seconds.
+                self._reply(txn, 500, now, headers=[("Retry-After", str(secrets.randbelow(11)))])
                 return
-            if dialog.unacked_2xx is not None and method == "INVITE":
+            if dialog.unacked_2xx is not None and (
+                method == "INVITE" or (has_offer and dialog.offer_in_2xx)
+            ):
+                # Our 2xx (maybe with our offer) is not acknowledged yet: glare.
                 self._reply(txn, 491, now)
                 return
             if not self._session_interval_acceptable(txn, now):
                 return
+            if contacts := request.headers.values("Contact"):
+                txn.new_target = _uri_of(contacts[0])
+            if request.headers.get("Allow"):
+                dialog.peer_allows_update = "update" in request.headers.tokens("Allow")
             if method == "INVITE":
                 dialog.pending_invite = txn.id
                 self._reply(txn, 100, now)
-            if contact := request.headers.values("Contact"):
-                dialog.remote_target = _uri_of(contact[0])
+            elif has_offer:
+                dialog.pending_offer = txn.id
             self._events.append(RequestReceived(txn.id, request, txn.peer, dialog.id))
             return
         self._reply(txn, 405, now, headers=[("Allow", ", ".join(self.settings.allow))])
@@ -369,22 +437,20 @@ class SipAgent:
         if txn is not None and txn.state == "completed":
             txn.state = "confirmed"
             txn.cancel_timers()
-            delay = 0.0 if txn.peer.reliable else self.settings.timers.t4
+            delay = 0.0 if txn.peer.reliable else self.settings.timers.t4  # Timer I
             txn.timeout = self._timers.schedule(
-                self._now_hint + delay, lambda _now, t=txn: self._drop_transaction(t)
+                self._now_hint + delay, partial(self._drop_transaction, txn)
             )
             return
         # ACK for a 2xx: its own transaction, matched to the dialog (RFC 3261 §13.3.1.4).
         dialog = self._dialogs.get(self._dialog_id_of_request(request))
-        if dialog is None:
+        if dialog is None or dialog.ended:
             self.stats["dropped"] += 1
             return
-        try:
-            number, _ = request.cseq
-        except SipParseError:
-            return
+        number, _ = request.cseq
         if dialog.unacked_2xx is not None and number == dialog.unacked_cseq:
             dialog.unacked_2xx = None
+            dialog.offer_in_2xx = False
             for handle in (dialog.ack_retransmit, dialog.ack_timeout):
                 if handle:
                     handle.cancel()
@@ -396,10 +462,11 @@ class SipAgent:
         key = self._transaction_key(request, method="INVITE")
         invite = self._server.get(key)
         cancel_key = self._transaction_key(request)
-        txn = self._new_transaction(cancel_key, request, peer)
+        txn = self._new_transaction(cancel_key, request, peer, now)
         if invite is None:
             self._reply(txn, 481, now)
             return
+        # RFC 3261 §9.2: the To tag of the 200 to CANCEL matches the INVITE's responses.
         txn.to_tag = invite.to_tag
         self._reply(txn, 200, now)
         if not invite.final_status:
@@ -420,8 +487,6 @@ class SipAgent:
         if txn.final_status:
             return
         response = self._response(txn.request, status, reason, txn.to_tag, list(headers), b"")
-        if txn.is_invite and status >= 300:
-            self._finish_invite_with_error(txn)
         self._send_response(txn, response, now)
 
     def _response(
@@ -447,6 +512,13 @@ class SipAgent:
         if status < 200:
             return
         txn.final_status = status
+        txn.cancel_timers()  # the unanswered-request guard
+        if txn.dialog is not None and (dialog := self._dialogs.get(txn.dialog)) is not None:
+            dialog.open_txns.discard(txn.id)
+            if dialog.pending_invite == txn.id:
+                dialog.pending_invite = None
+            if dialog.pending_offer == txn.id:
+                dialog.pending_offer = None
         timers = self.settings.timers
         reliable = txn.peer.reliable
         if txn.is_invite and status >= 300:
@@ -455,22 +527,20 @@ class SipAgent:
                 txn.interval = timers.t1
                 txn.retransmit = self._timers.schedule(now + timers.t1, self._timer_g(txn))
             txn.timeout = self._timers.schedule(
-                now + 64 * timers.t1, lambda _now, t=txn: self._drop_transaction(t)
+                now + 64 * timers.t1, partial(self._drop_transaction, txn)
             )  # Timer H: the ACK never came.
         elif txn.is_invite:
             # RFC 6026 "Accepted": absorb INVITE retransmissions until Timer L.
             txn.state = "accepted"
             txn.timeout = self._timers.schedule(
-                now + 64 * timers.t1, lambda _now, t=txn: self._drop_transaction(t)
+                now + 64 * timers.t1, partial(self._drop_transaction, txn)
             )
         else:
             txn.state = "completed"
             delay = 0.0 if reliable else 64 * timers.t1  # Timer J
-            txn.timeout = self._timers.schedule(
-                now + delay, lambda _now, t=txn: self._drop_transaction(t)
-            )
+            txn.timeout = self._timers.schedule(now + delay, partial(self._drop_transaction, txn))
 
-    def _timer_g(self, txn: _ServerTransaction):  # type: ignore[no-untyped-def]
+    def _timer_g(self, txn: _ServerTransaction) -> Callable[[float], None]:
         def fire(now: float) -> None:
             if txn.state != "completed" or txn.last_response is None:
                 return
@@ -479,6 +549,14 @@ class SipAgent:
             txn.retransmit = self._timers.schedule(now + txn.interval, fire)
 
         return fire
+
+    def _answer_overdue(self, txn: _ServerTransaction, now: float) -> None:
+        """The transaction user never answered: the SRC gave up long ago (Timer B/F are
+        64*T1), so close the transaction with 408 rather than keep it forever."""
+        if txn.final_status:
+            return
+        self.stats["unanswered"] += 1
+        self._reply(txn, 408, now, reason="No answer from the recording service")
 
     def _stateless_reply(
         self,
@@ -493,18 +571,22 @@ class SipAgent:
             reply_to = self._reply_destination(request, peer)
         except SipParseError:
             return
-        response = self._response(
-            request, status, reason, secrets.token_hex(6), headers or [], b""
-        )
+        response = self._response(request, status, reason, secrets.token_hex(6), headers or [], b"")
         self.stats["responses_sent"] += 1
         self._outgoing.append(Outgoing(response.to_bytes(), reply_to))
 
     # ---------------------------------------------------------------- INVITE outcomes, dialogs
 
-    def _accept_invite(self, txn: _ServerTransaction, response: SipResponse, now: float) -> None:
+    def _accept_invite(
+        self,
+        txn: _ServerTransaction,
+        response: SipResponse,
+        now: float,
+        session: _SessionTimer | None,
+    ) -> None:
         request = txn.request
-        if txn.dialog is None:
-            remote_target = _uri_of(request.headers.values("Contact")[0])
+        dialog = self._dialogs.get(txn.dialog) if txn.dialog is not None else None
+        if dialog is None:
             dialog = _Dialog(
                 id=_dialog_id(request.call_id, txn.to_tag, request.from_tag or ""),
                 call_id=request.call_id,
@@ -512,31 +594,37 @@ class SipAgent:
                 remote_tag=request.from_tag or "",
                 local_uri=response.headers.get("To") or "",
                 remote_uri=request.headers.get("From") or "",
-                remote_target=remote_target,
+                remote_target=_uri_of(request.headers.values("Contact")[0]),
+                # RFC 3261 §12.1.1: the UAS keeps the Record-Route values in order.
                 route_set=request.headers.values("Record-Route"),
                 remote_cseq=request.cseq[0],
                 peer=txn.peer,
+                peer_allows_update="update" in request.headers.tokens("Allow"),
             )
             self._dialogs[dialog.id] = dialog
             txn.dialog = dialog.id
-        else:
-            dialog = self._dialogs[txn.dialog]
-            dialog.pending_invite = None
+        elif txn.new_target:
+            dialog.remote_target = txn.new_target
         dialog.peer = txn.peer
         dialog.unacked_2xx = response.to_bytes()
         dialog.unacked_cseq = request.cseq[0]
+        dialog.offer_in_2xx = not request.body and bool(response.body)
+        for handle in (dialog.ack_retransmit, dialog.ack_timeout):
+            if handle:
+                handle.cancel()
         timers = self.settings.timers
         if not txn.peer.reliable:
+            # RFC 3261 §13.3.1.4: the UAS core retransmits the 2xx, T1 doubling up to T2.
             dialog.ack_interval = timers.t1
             dialog.ack_retransmit = self._timers.schedule(
                 now + timers.t1, self._retransmit_2xx(dialog, txn.reply_to)
             )
         dialog.ack_timeout = self._timers.schedule(
-            now + 64 * timers.t1, lambda at, d=dialog: self._ack_never_came(d, at)
+            now + 64 * timers.t1, partial(self._ack_never_came, dialog)
         )
-        self._arm_session_timer(dialog, request, now)
+        self._start_session_timer(dialog, session, now)
 
-    def _retransmit_2xx(self, dialog: _Dialog, reply_to: Peer):  # type: ignore[no-untyped-def]
+    def _retransmit_2xx(self, dialog: _Dialog, reply_to: Peer) -> Callable[[float], None]:
         def fire(now: float) -> None:
             if dialog.unacked_2xx is None or dialog.ended:
                 return
@@ -552,26 +640,30 @@ class SipAgent:
         # RFC 3261 §13.3.1.4: no ACK within 64*T1 — confirm then end the session with BYE.
         dialog.unacked_2xx = None
         self._send_bye(dialog, now, reason_text="no ACK")
-        self._terminate_dialog(dialog, "no-ack")
+        self._terminate_dialog(dialog, "no-ack", now)
 
-    def _finish_invite_with_error(self, txn: _ServerTransaction) -> None:
-        dialog = self._dialogs.get(txn.dialog or "")
-        if dialog is not None and dialog.pending_invite == txn.id:
-            dialog.pending_invite = None
-
-    def _terminate_dialog(self, dialog: _Dialog, reason: str) -> None:
+    def _terminate_dialog(self, dialog: _Dialog, reason: str, now: float) -> None:
         if dialog.ended:
             return
         dialog.ended = True
+        dialog.unacked_2xx = None
         for handle in (dialog.ack_retransmit, dialog.ack_timeout, dialog.session_timer):
             if handle:
                 handle.cancel()
+        # RFC 3261 §15.1.2: requests still pending on the dialog get 487.
+        for txn_id in sorted(dialog.open_txns):
+            if (pending := self._by_id.get(txn_id)) is not None:
+                self._reply(pending, 487, now)
+        dialog.open_txns.clear()
         self._events.append(DialogEnded(dialog.id, reason))
         # Keep the entry until late retransmissions (BYE, ACK) can no longer arrive.
         self._timers.schedule(
-            self._now_hint + 64 * self.settings.timers.t1,
-            lambda _now, d=dialog.id: self._dialogs.pop(d, None),
+            now + 64 * self.settings.timers.t1,
+            partial(self._forget_dialog, dialog.id),
         )
+
+    def _forget_dialog(self, dialog_id: str, _now: float) -> None:
+        self._dialogs.pop(dialog_id, None)
 
     # ---------------------------------------------------------------- session timers (RFC 4028)
 
@@ -584,93 +676,191 @@ class SipAgent:
             self._reply(txn, 400, now, reason="Malformed Session-Expires")
             return False
         if interval < self.settings.min_se:
+            # RFC 4028 §9: too short for us → 422 carrying our Min-SE.
             self._reply(txn, 422, now, headers=[("Min-SE", str(self.settings.min_se))])
             return False
         return True
 
-    def _negotiated_interval(self, request: SipRequest) -> tuple[int, str] | None:
-        value = request.headers.get("Session-Expires")
-        supports_timer = "timer" in request.headers.tokens("Supported") or "timer" in (
-            request.headers.tokens("Require")
-        )
+    def _negotiate_session_timer(
+        self, request: SipRequest, dialog: _Dialog | None
+    ) -> _SessionTimer | None:
+        """RFC 4028 §9, Table 2, for the 2xx to an INVITE or UPDATE."""
+        h = request.headers
+        supports = "timer" in h.tokens("Supported") | h.tokens("Require")
+        if h.get("Allow"):
+            can_refresh = "update" in h.tokens("Allow")
+        else:
+            can_refresh = dialog is not None and dialog.peer_allows_update
+        value = h.get("Session-Expires")
         if value is None:
-            if not supports_timer:
+            if not supports:
                 return None
-            min_se = _delta_seconds(request.headers.get("Min-SE") or "") or 0
-            return max(self.settings.session_expires, min_se), "uac"
+            # The SRC supports timers but proposes none: we may ask for one, it refreshes.
+            min_se = _delta_seconds(h.get("Min-SE") or "") or 0
+            interval = max(self.settings.session_expires, self.settings.min_se, min_se)
+            return _SessionTimer(interval, "uac", True)
         interval = _delta_seconds(value) or self.settings.session_expires
-        refresher = (header_param(";" + value.split(";", 1)[-1], "refresher") or "").lower()
-        if ";" not in value or refresher not in ("uac", "uas"):
-            refresher = "uac"  # RFC 4028 §9: the UAS picks; we never refresh, the SRC does.
-        return interval, refresher
+        requested = _refresher(value)
+        if supports:
+            refresher = requested or "uac"
+            if refresher == "uas" and not can_refresh:
+                # We refresh with UPDATE only; without it we hand the job back to the SRC,
+                # which obeys the refresher of the 2xx (RFC 4028 §7.2).
+                refresher = "uac"
+            return _SessionTimer(interval, refresher, True)
+        # Session-Expires inserted by a proxy for a UAC without timers: the UAS refreshes
+        # (Table 2). Without UPDATE we cannot, so we answer as a UAS without the extension.
+        if can_refresh:
+            return _SessionTimer(interval, "uas", False)
+        return None
 
-    def _add_session_timer_headers(self, request: SipRequest, headers: Headers) -> None:
-        negotiated = self._negotiated_interval(request)
-        if negotiated is None:
-            return
-        interval, refresher = negotiated
-        supports_timer = "timer" in request.headers.tokens("Supported") | request.headers.tokens(
-            "Require"
-        )
-        if not supports_timer:
-            # RFC 4028 §9: without Supported: timer the UAC will not refresh; we still time the
-            # session out, but cannot require the extension in the response.
-            return
-        headers.add("Session-Expires", f"{interval};refresher={refresher}")
-        headers.add("Require", "timer")
-
-    def _arm_session_timer(self, dialog: _Dialog, request: SipRequest, now: float) -> None:
-        negotiated = self._negotiated_interval(request)
-        if negotiated is None:
-            return
-        interval, _refresher = negotiated
+    def _start_session_timer(
+        self, dialog: _Dialog, session: _SessionTimer | None, now: float
+    ) -> None:
         if dialog.session_timer:
             dialog.session_timer.cancel()
+            dialog.session_timer = None
+        if dialog.ended or session is None:
+            # RFC 4028 §7.2/§9: a 2xx without Session-Expires turns the session timer off.
+            dialog.session_interval = None
+            return
+        interval = session.interval
         dialog.session_interval = interval
-        # RFC 4028 §10: without a refresh, BYE before expiry: at interval - min(32, interval/3).
-        expiry = now + interval - min(32, interval / 3)
+        dialog.session_refresher = session.refresher
+        dialog.session_started = now
+        if session.refresher == "uas":
+            # RFC 4028 §10: the refresher refreshes at half the interval.
+            dialog.session_timer = self._timers.schedule(
+                now + interval / 2, partial(self._refresh_session, dialog)
+            )
+        else:
+            self._expire_session_at(dialog, now + interval - min(32, interval / 3))
+
+    def _expire_session_at(self, dialog: _Dialog, deadline: float) -> None:
+        # RFC 4028 §10: without a refresh, BYE at interval - min(32, interval/3).
+        if dialog.session_timer:
+            dialog.session_timer.cancel()
         dialog.session_timer = self._timers.schedule(
-            expiry, lambda at, d=dialog: self._session_expired(d, at)
+            deadline, partial(self._session_expired, dialog)
         )
 
     def _session_expired(self, dialog: _Dialog, now: float) -> None:
         if dialog.ended:
             return
         self._send_bye(dialog, now, reason_text="session expired")
-        self._terminate_dialog(dialog, "session-expired")
+        self._terminate_dialog(dialog, "session-expired", now)
 
-    # ---------------------------------------------------------------- BYE (client transaction)
+    def _retry_refresh(self, dialog: _Dialog, attempt: int, now: float) -> None:
+        self._refresh_session(dialog, now, attempt)
+
+    def _refresh_session(self, dialog: _Dialog, now: float, attempt: int = 0) -> None:
+        interval = dialog.session_interval
+        if dialog.ended or interval is None:
+            return
+        dialog.session_timer = None
+        self.stats["session_refreshes"] += 1
+        headers = [
+            ("Contact", self.settings.contact(dialog.peer.transport)),
+            ("Session-Expires", f"{interval};refresher=uas"),
+            ("Min-SE", str(self.settings.min_se)),
+            ("Supported", "timer"),
+        ]
+
+        def answered(status: int, response: SipResponse | None, at: float) -> None:
+            self._session_refresh_answered(dialog, interval, attempt, status, response, at)
+
+        self._send_in_dialog(dialog, "UPDATE", now, headers, answered)
+
+    def _session_refresh_answered(
+        self,
+        dialog: _Dialog,
+        interval: int,
+        attempt: int,
+        status: int,
+        response: SipResponse | None,
+        now: float,
+    ) -> None:
+        if dialog.ended or dialog.session_interval is None or dialog.session_timer is not None:
+            return  # ended, turned off, or the SRC refreshed meanwhile
+        if 200 <= status < 300 and response is not None:
+            value = response.headers.get("Session-Expires")
+            if value is None:
+                self._start_session_timer(dialog, None, now)
+                return
+            granted = _delta_seconds(value) or interval
+            refresher = _refresher(value) or "uas"
+            self._start_session_timer(dialog, _SessionTimer(granted, refresher, True), now)
+            return
+        if status == 422 and response is not None and attempt < 2:
+            min_se = _delta_seconds(response.headers.get("Min-SE") or "")
+            if min_se and min_se > interval:
+                dialog.session_interval = min_se
+                self._refresh_session(dialog, now, attempt + 1)
+                return
+        if status == 491 and attempt < 2:
+            # RFC 3261 §14.1: glare; not the Call-ID owner, retry within 0 to 2 seconds.
+            delay = secrets.randbelow(2001) / 1000
+            dialog.session_timer = self._timers.schedule(
+                now + delay, partial(self._retry_refresh, dialog, attempt + 1)
+            )
+            return
+        if status in (408, 481):
+            # RFC 3261 §12.2.1.2: the dialog is gone at the SRC, or the SRC is.
+            self._session_expired(dialog, now)
+            return
+        # Refused for another reason: the session lives until it expires unrefreshed.
+        started = dialog.session_started
+        self._expire_session_at(dialog, max(now, started + interval - min(32, interval / 3)))
+
+    # ---------------------------------------------------------------- requests we send
 
     def _send_bye(self, dialog: _Dialog, now: float, reason_text: str) -> None:
+        self._send_in_dialog(
+            dialog, "BYE", now, [("Reason", f'SIP;cause=200;text="{reason_text}"')], None
+        )
+
+    def _send_in_dialog(
+        self,
+        dialog: _Dialog,
+        method: str,
+        now: float,
+        extra: list[tuple[str, str]],
+        on_final: _ClientOutcome | None,
+    ) -> None:
+        """A request within the dialog (RFC 3261 §12.2.1.1) on a new client transaction."""
         self._now_hint = now
         transport = dialog.peer.transport
         host, port = self.settings.local.get(transport) or next(iter(self.settings.local.values()))
         branch = MAGIC_COOKIE + secrets.token_hex(8)
         dialog.local_cseq = max(dialog.local_cseq + 1, 1)
         headers = Headers()
-        headers.add("Via", f"SIP/2.0/{transport.upper()} {_host(host)}:{port};branch={branch};rport")
+        headers.add(
+            "Via", f"SIP/2.0/{transport.upper()} {_host(host)}:{port};branch={branch};rport"
+        )
         headers.add("Max-Forwards", "70")
         headers.add("From", dialog.local_uri)
         headers.add("To", dialog.remote_uri)
         headers.add("Call-ID", dialog.call_id)
-        headers.add("CSeq", f"{dialog.local_cseq} BYE")
+        headers.add("CSeq", f"{dialog.local_cseq} {method}")
         for route in dialog.route_set:
             headers.add("Route", route)
-        headers.add("Reason", f'SIP;cause=200;text="{reason_text}"')
+        for name, value in extra:
+            headers.add(name, value)
         headers.add("User-Agent", self.settings.server)
-        bye = SipRequest(headers, b"", "BYE", dialog.remote_target)
+        request = SipRequest(headers, b"", method, dialog.remote_target)
         peer = self._request_destination(dialog)
-        data = bye.to_bytes()
-        txn = _ClientTransaction(branch, data, peer, self.settings.timers.t1)
+        data = request.to_bytes()
+        txn = _ClientTransaction(branch, data, peer, self.settings.timers.t1, on_final)
         self._client[branch] = txn
         self._outgoing.append(Outgoing(data, peer))
         if not peer.reliable:
             txn.retransmit = self._timers.schedule(now + txn.interval, self._timer_e(txn))
-        txn.timeout = self._timers.schedule(
-            now + 64 * self.settings.timers.t1, lambda _now, b=branch: self._client_done(b)
+        txn.timeout = self._timers.schedule(  # Timer F
+            now + 64 * self.settings.timers.t1,
+            partial(self._client_timed_out, branch),
         )
 
-    def _timer_e(self, txn: _ClientTransaction):  # type: ignore[no-untyped-def]
+    def _timer_e(self, txn: _ClientTransaction) -> Callable[[float], None]:
         def fire(now: float) -> None:
             if txn.branch not in self._client:
                 return
@@ -680,12 +870,20 @@ class SipAgent:
 
         return fire
 
-    def _client_done(self, branch: str) -> None:
+    def _client_done(
+        self, branch: str, status: int, response: SipResponse | None, now: float
+    ) -> None:
         txn = self._client.pop(branch, None)
-        if txn:
-            for handle in (txn.retransmit, txn.timeout):
-                if handle:
-                    handle.cancel()
+        if txn is None:
+            return
+        for handle in (txn.retransmit, txn.timeout):
+            if handle:
+                handle.cancel()
+        if txn.on_final is not None:
+            txn.on_final(status, response, now)
+
+    def _client_timed_out(self, branch: str, now: float) -> None:
+        self._client_done(branch, 408, None, now)  # Timer F: as if 408 (RFC 3261 §8.1.3.1)
 
     def _receive_response(self, response: SipResponse, now: float) -> None:
         try:
@@ -693,10 +891,14 @@ class SipAgent:
         except SipParseError:
             self.stats["dropped"] += 1
             return
-        if branch in self._client and response.status >= 200:
-            self._client_done(branch)
-        elif branch not in self._client:
+        txn = self._client.get(branch)
+        if txn is None:
             self.stats["dropped"] += 1
+        elif response.status >= 200:
+            self._client_done(branch, response.status, response, now)
+        else:
+            # RFC 3261 §17.1.2.2: after a provisional response Timer E runs at T2.
+            txn.interval = self.settings.timers.t2
 
     def _request_destination(self, dialog: _Dialog) -> Peer:
         if dialog.peer.reliable:
@@ -704,14 +906,18 @@ class SipAgent:
         target = dialog.route_set[0] if dialog.route_set else f"<{dialog.remote_target}>"
         try:
             uri = parse_address(target).uri
-            return Peer("udp", uri.host.strip("[]"), uri.port or 5060)
         except SipParseError:
             return dialog.peer
+        host = uri.host.strip("[]")
+        port = uri.port or 5060
+        if not host or not 0 < port < 65536:
+            return dialog.peer  # e.g. a tel: Contact: the SRC's source address is all we have
+        return Peer("udp", host, port)
 
     # ---------------------------------------------------------------- helpers
 
     def _new_transaction(
-        self, key: tuple[str, ...], request: SipRequest, peer: Peer
+        self, key: tuple[str, ...], request: SipRequest, peer: Peer, now: float
     ) -> _ServerTransaction:
         self._next_txn += 1
         txn_id = f"t{self._next_txn}"
@@ -719,11 +925,14 @@ class SipAgent:
         txn = _ServerTransaction(
             txn_id, key, request, peer, self._reply_destination(request, peer), to_tag
         )
+        txn.timeout = self._timers.schedule(
+            now + 64 * self.settings.timers.t1, partial(self._answer_overdue, txn)
+        )
         self._server[key] = txn
         self._by_id[txn_id] = txn
         return txn
 
-    def _drop_transaction(self, txn: _ServerTransaction) -> None:
+    def _drop_transaction(self, txn: _ServerTransaction, _now: float = 0.0) -> None:
         txn.cancel_timers()
         txn.state = "terminated"
         if txn.final_status == 0:
@@ -731,13 +940,14 @@ class SipAgent:
         self._server.pop(txn.key, None)
         self._by_id.pop(txn.id, None)
 
-    def _capabilities(self) -> list[tuple[str, str]]:
+    def _capabilities(self, txn: _ServerTransaction) -> list[tuple[str, str]]:
         s = self.settings
         return [
             ("Allow", ", ".join(s.allow)),
             ("Accept", ", ".join(s.accept)),
             ("Supported", ", ".join(s.supported)),
             ("Accept-Encoding", "identity"),
+            ("Contact", s.contact(txn.peer.transport)),
         ]
 
     @staticmethod
@@ -768,37 +978,42 @@ class SipAgent:
 
     @staticmethod
     def _stamp_via(request: SipRequest, peer: Peer) -> None:
-        """RFC 3261 §18.2.1 received= and RFC 3581 rport= on the top Via."""
+        """RFC 3261 §18.2.1 received= and RFC 3581 §4 rport= on the top Via."""
         vias = request.headers.get_all("Via")
         if not vias:
             raise SipParseError("Missing Via")
-        first_line = vias[0]
-        values = first_line.split(",", 1)
+        values = split_list(vias[0])
+        if not values:
+            raise SipParseError("Missing Via")
         top = values[0]
         via = parse_via(top)
         stamped = top
-        if "rport" in via.params and not via.params["rport"]:
+        if "rport" in via.params:
+            # RFC 3581 §4: received is added even when it equals the sent-by host.
             stamped = _set_param(stamped, "rport", str(peer.port))
             stamped = _set_param(stamped, "received", peer.host)
         elif _host_differs(via.host, peer.host):
             stamped = _set_param(stamped, "received", peer.host)
         if stamped != top:
             values[0] = stamped
-            request.headers.replace_first("Via", ",".join(values))
+            request.headers.replace_first("Via", ", ".join(values))
 
     @staticmethod
     def _reply_destination(request: SipRequest, peer: Peer) -> Peer:
-        """RFC 3261 §18.2.2 and RFC 3581 §4: where an unreliable response goes."""
+        """RFC 3261 §18.2.2 and RFC 3581 §4: where an unreliable response goes.
+
+        Reliable transports answer on the connection the request came on. Over UDP the host is
+        the source address: `received` equals it once stamped, and a `received` or `rport`
+        value the client wrote itself must not redirect our responses elsewhere."""
         if peer.reliable:
             return peer
         via = request.top_via
-        if maddr := via.params.get("maddr"):
-            return Peer("udp", maddr, via.port or 5060)
-        host = via.params.get("received") or peer.host
-        rport = via.params.get("rport")
-        if rport and rport.isdigit():
-            return Peer("udp", host, int(rport))
-        return Peer("udp", host, via.port or 5060)
+        maddr = via.params.get("maddr")
+        if maddr and _HOST_RE.fullmatch(maddr):
+            return Peer("udp", maddr.strip("[]"), via.port or 5060)
+        if "rport" in via.params:
+            return Peer("udp", peer.host, peer.port)
+        return Peer("udp", peer.host, via.port or 5060)
 
 
 def _dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
@@ -806,7 +1021,17 @@ def _dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
 
 
 def _uri_of(address: str) -> str:
-    return str(parse_address(address).uri)
+    """The URI of a name-addr or addr-spec, as written (RFC 3261 §12.1.1: the remote target is
+    the Contact URI; re-serialising it could change it)."""
+    parse_address(address)  # validates, SipParseError otherwise
+    quoted = False
+    for i, ch in enumerate(address):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            end = address.find(">", i)
+            return address[i + 1 : end].strip()
+    return address.strip().split(";", 1)[0].strip()
 
 
 def _set_param(via: str, name: str, value: str) -> str:
@@ -827,7 +1052,10 @@ def _host(host: str) -> str:
 
 
 def _delta_seconds(value: str) -> int | None:
-    head = value.split(";", 1)[0].strip()
-    if not head.isdigit() or len(head) > 9:
-        return None
-    return int(head)
+    return ascii_digits(value.split(";", 1)[0])
+
+
+def _refresher(session_expires: str) -> str | None:
+    """The refresher parameter of a Session-Expires value, if it is "uac" or "uas"."""
+    value = (header_param(session_expires, "refresher") or "").lower()
+    return value if value in ("uac", "uas") else None

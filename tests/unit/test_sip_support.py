@@ -37,7 +37,7 @@ _branch_counter = iter(range(1, 10**9))
 
 
 def new_branch() -> str:
-    return f"z9hG4bK-test-{next(_branch_counter)}"
+    return f"z9hG4bK-test-{next(_branch_counter):09d}"
 
 
 def request(
