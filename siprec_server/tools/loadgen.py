@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--srtp", choices=("none", *(s.name for s in SUITES)), default="none")
     p.add_argument("--ptime", type=int, default=20, help="packet time in ms")
     p.add_argument("--loss", type=_percent, default=0.0, help="%% of packets dropped")
-    p.add_argument("--reorder", type=_percent, default=0.0, help="%% sent after the next one")
+    p.add_argument("--reorder", type=_percent, default=0.0, help="%% sent after the next one (max 50)")
     p.add_argument("--duplicate", type=_percent, default=0.0, help="%% sent twice")
     p.add_argument("--seed", type=int, default=0, help="impairment seed (call i uses seed+i)")
     p.add_argument("--dtmf", default="", help="digits sent on stream 0 as RFC 4733 events, "

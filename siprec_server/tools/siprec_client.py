@@ -89,6 +89,7 @@ __all__ = [
     "RunReport",
     "SenderStats",
     "SipExchange",
+    "SrcDialog",
     "SiprecClientError",
     "StreamPlan",
     "StreamReport",
@@ -359,7 +360,7 @@ class Impairments:
 
     loss_percent: float = 0.0
     reorder_percent: float = 0.0
-    """A reordered packet is sent after the next one."""
+    """Share of packets sent after the next one (at most 50: then every pair is swapped)."""
     duplicate_percent: float = 0.0
     seed: int = 0
 
@@ -429,6 +430,8 @@ class CallPlan:
             for value in (imp.loss_percent, imp.reorder_percent, imp.duplicate_percent):
                 if not 0 <= value <= 100:
                     raise SiprecClientError("impairment percentages are 0..100")
+            if imp.reorder_percent > 50:
+                raise SiprecClientError("at most 50 % of packets can be sent after the next")
         for digit in self.dtmf:
             if digit.digit not in _EVENT_CODES:
                 raise SiprecClientError(f"not a DTMF key: {digit.digit!r}")
@@ -640,7 +643,11 @@ class Impairment:
     def __init__(self, spec: Impairments, stream_key: str = "") -> None:
         self._rng = random.Random(f"{spec.seed}:{stream_key}")
         self._loss = spec.loss_percent / 100
-        self._reorder = spec.reorder_percent / 100
+        # The packet after a delayed one releases it and cannot be delayed itself, so only
+        # 1 - r of the packets are candidates: delaying candidates with r / (1 - r) makes the
+        # share of delayed packets r.
+        share = min(spec.reorder_percent, 50.0) / 100
+        self._reorder = share / (1 - share)
         self._dup = spec.duplicate_percent / 100
         self._held: bytes | None = None
         self.dropped = 0
@@ -1390,30 +1397,29 @@ class _Transaction:
         self.transmissions = 0
 
 
-class _SipDialog:
-    """The SRC side of one recording session's dialog: INVITE, ACK, re-INVITE, BYE."""
+class SrcDialog:
+    """The SRC's side of one dialog as data (sans-IO): our identity and the recorder's, the
+    CSeq counter, and the requests and ACKs built from them."""
 
-    def __init__(self, link: _SipLink, timeout: float, started: float) -> None:
-        self.link = link
-        self.call_id = f"{secrets.token_hex(12)}@{link.local_host}"
-        self.from_tag = secrets.token_hex(6)
+    def __init__(
+        self,
+        *,
+        transport: str,
+        local: tuple[str, int],
+        server: tuple[str, int],
+        call_id: str | None = None,
+        from_tag: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.local = local
+        self.call_id = call_id or f"{secrets.token_hex(12)}@{_uri_host(local[0])}"
+        self.from_tag = from_tag or secrets.token_hex(6)
         self.cseq = 0
-        self.timeout = timeout
-        self.started = started
-        self.remote_target = _host_uri(link.server, link.transport)
+        self.remote_target = _host_uri(server, transport)
         self.to_header = f"<{self.remote_target}>"
-        scheme_params = ";transport=tcp" if link.transport == "tcp" else ""
-        self.local_uri = f"sip:src@{_host_port(link.local_host, link.local_port)}{scheme_params}"
-        self.from_header = f"<sip:src@{_uri_host(link.local_host)}>;tag={self.from_tag}"
-        self._pending: dict[tuple[int, str], _Transaction] = {}
-        self._acks: dict[int, bytes] = {}
-        self.ended_by_server = False
-        self.lost: str | None = None
-        self.current_sdp: bytes = b""
-
-    def via(self, branch: str) -> str:
-        host = _host_port(self.link.local_host, self.link.local_port)
-        return f"SIP/2.0/{self.link.transport.upper()} {host};branch={branch};rport"
+        params = ";transport=tcp" if transport == "tcp" else ""
+        self.contact = f"<sip:src@{_host_port(*local)}{params}>;+sip.src"
+        self.from_header = f"<sip:src@{_uri_host(local[0])}>;tag={self.from_tag}"
 
     def request(
         self,
@@ -1427,12 +1433,14 @@ class _SipDialog:
         uri: str | None = None,
         to_header: str | None = None,
     ) -> SipRequest:
+        """A request in this dialog; a new CSeq unless one is given (ACK, CANCEL)."""
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
+        via = f"SIP/2.0/{self.transport.upper()} {_host_port(*self.local)}"
         headers = Headers(
             [
-                ("Via", self.via(branch or _branch())),
+                ("Via", f"{via};branch={branch or _branch()};rport"),
                 ("Max-Forwards", "70"),
                 ("From", self.from_header),
                 ("To", to_header or self.to_header),
@@ -1441,12 +1449,61 @@ class _SipDialog:
             ]
         )
         if method in ("INVITE", "UPDATE"):
-            headers.add("Contact", f"<{self.local_uri}>;+sip.src")
+            headers.add("Contact", self.contact)
         for name, value in extra:
             headers.add(name, value)
         if content_type:
             headers.add("Content-Type", content_type)
         return SipRequest(headers, body, method, uri or self.remote_target)
+
+    def invite(self, sdp: bytes, metadata: bytes, boundary: str | None = None) -> SipRequest:
+        """The initial SIPREC INVITE (RFC 7866 6.1): Require: siprec, +sip.src in Contact,
+        multipart/mixed body with the SDP offer and the metadata."""
+        content_type, body = build_invite_body(
+            sdp, metadata, boundary or "siprec-" + secrets.token_hex(8)
+        )
+        return self.request(
+            "INVITE", body=body, content_type=content_type,
+            extra=[("Require", "siprec"),
+                   ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"),
+                   ("Accept", "application/sdp, application/rs-metadata"),
+                   ("User-Agent", "siprec-server-loadgen")],
+        )
+
+    def ack(self, invite: SipRequest, response: SipResponse) -> SipRequest:
+        """The ACK of a final response to `invite`. A 2xx confirms the dialog: its To tag and
+        Contact are kept and the ACK is a new transaction (RFC 3261 13.2.2.4); for other
+        statuses the ACK belongs to the INVITE's transaction (17.1.1.3)."""
+        cseq = invite.cseq[0]
+        if 200 <= response.status < 300:
+            self.to_header = response.headers.get("To") or self.to_header
+            contact = response.headers.get("Contact") or ""
+            if "<" in contact and ">" in contact:
+                self.remote_target = contact[contact.find("<") + 1 : contact.find(">")]
+            return self.request("ACK", cseq=cseq)
+        return self.request(
+            "ACK", cseq=cseq, branch=invite.top_via.branch, uri=invite.uri,
+            to_header=response.headers.get("To") or self.to_header,
+        )
+
+
+class _SipDialog:
+    """A SrcDialog on a SIP link: client transactions, and answers to the recorder's requests."""
+
+    def __init__(self, link: _SipLink, timeout: float, started: float) -> None:
+        self.link = link
+        self.state = SrcDialog(
+            transport=link.transport, local=(link.local_host, link.local_port),
+            server=link.server,
+        )
+        self.call_id = self.state.call_id
+        self.timeout = timeout
+        self.started = started
+        self._pending: dict[tuple[int, str], _Transaction] = {}
+        self._acks: dict[int, bytes] = {}
+        self.ended_by_server = False
+        self.lost: str | None = None
+        self.current_sdp: bytes = b""
 
     async def transact(self, request: SipRequest) -> tuple[SipResponse | None, SipExchange]:
         """Send a request and wait for its final response, or `timeout`.
@@ -1498,21 +1555,9 @@ class _SipDialog:
         return response, exchange
 
     def ack(self, invite: SipRequest, response: SipResponse) -> None:
-        """ACK a final response: a new transaction for a 2xx, the INVITE's own for others."""
-        cseq = invite.cseq[0]
+        ack = self.state.ack(invite, response).to_bytes()
         if 200 <= response.status < 300:
-            to = response.headers.get("To") or self.to_header
-            self.to_header = to
-            contact = response.headers.get("Contact") or ""
-            if "<" in contact and ">" in contact:
-                self.remote_target = contact[contact.find("<") + 1 : contact.find(">")]
-            ack = self.request("ACK", cseq=cseq).to_bytes()
-            self._acks[cseq] = ack
-        else:
-            ack = self.request(
-                "ACK", cseq=cseq, branch=invite.top_via.branch, uri=invite.uri,
-                to_header=response.headers.get("To") or self.to_header,
-            ).to_bytes()
+            self._acks[invite.cseq[0]] = ack
         self.link.send(ack)
 
     def received(self, message: SipRequest | SipResponse) -> None:
@@ -1548,12 +1593,11 @@ class _SipDialog:
             self.ended_by_server = True
         elif request.method == "INVITE":
             # A refresh or an offer from the recorder: answer with what we send.
-            headers = [("Contact", f"<{self.local_uri}>;+sip.src"),
-                       ("Content-Type", "application/sdp")]
+            headers = [("Contact", self.state.contact), ("Content-Type", "application/sdp")]
             body = self.current_sdp
         elif request.method not in ("OPTIONS", "UPDATE", "INFO"):
             status = 501
-        response = build_response(request, status, to_tag=self.from_tag, headers=headers,
+        response = build_response(request, status, to_tag=self.state.from_tag, headers=headers,
                                   body=body)
         self.link.send(response.to_bytes())
 
@@ -1708,14 +1752,7 @@ class _Call:
             plan.streams, session_id=_xml_id(uuid.uuid4()), stream_ids=ids,
             participant_ids=parties, now=datetime.now(UTC),
         )
-        content_type, body = build_invite_body(sdp, metadata, "siprec-" + secrets.token_hex(8))
-        request = dialog.request(
-            "INVITE", body=body, content_type=content_type,
-            extra=[("Require", "siprec"),
-                   ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"),
-                   ("Accept", "application/sdp, application/rs-metadata"),
-                   ("User-Agent", "siprec-server-loadgen")],
-        )
+        request = dialog.state.invite(sdp, metadata)
         response, self.invite = await dialog.transact(request)
         if response is None:
             self.error = f"INVITE not answered: {self.invite.reason}"
@@ -1810,7 +1847,7 @@ class _Call:
 
     async def _reinvite(self, direction: str) -> None:
         assert self.dialog is not None
-        request = self.dialog.request(
+        request = self.dialog.state.request(
             "INVITE", body=self._sdp(direction), content_type="application/sdp"
         )
         response, exchange = await self.dialog.transact(request)
@@ -1823,7 +1860,7 @@ class _Call:
         if dialog is None or not self.established or self.bye_sent or dialog.ended_by_server:
             return
         self.bye_sent = True
-        response, self.bye = await dialog.transact(dialog.request("BYE"))
+        response, self.bye = await dialog.transact(dialog.state.request("BYE"))
         if response is None:
             self.error = self.error or f"BYE not answered: {self.bye.reason}"
         elif response.status != 200:
@@ -1836,7 +1873,7 @@ class _Call:
         # Cancelled: no time to wait for the answer, but the recorder should not keep
         # recording a call nobody will end.
         self.bye_sent = True
-        dialog.link.send(dialog.request("BYE").to_bytes())
+        dialog.link.send(dialog.state.request("BYE").to_bytes())
 
     def _report(self) -> CallReport:
         pacer = self.ctx.pacer
