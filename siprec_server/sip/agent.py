@@ -156,6 +156,8 @@ class _Dialog:
     session_started: float = 0.0
     session_timer: TimerHandle | None = None
     ended: bool = False
+    bye_after_ack: str | None = None
+    """We hung up before the ACK of our 2xx: the reason of the BYE that waits for it."""
 
 
 _ClientOutcome = Callable[[int, "SipResponse | None", float], None]
@@ -303,7 +305,12 @@ class SipAgent:
         dialog = self._dialogs.get(dialog_id)
         if dialog is None or dialog.ended:
             return
-        self._send_bye(dialog, now, reason_text=reason)
+        if dialog.unacked_2xx is not None:
+            # RFC 3261 §15: no BYE before the ACK of our 2xx (or its timeout); until then the
+            # 2xx keeps being retransmitted, and the BYE follows the ACK.
+            dialog.bye_after_ack = reason
+        else:
+            self._send_bye(dialog, now, reason_text=reason)
         self._terminate_dialog(dialog, reason, now)
 
     def dialog_of(self, txn_id: str) -> str | None:
@@ -381,6 +388,15 @@ class SipAgent:
     def _process_in_dialog(self, txn: _ServerTransaction, now: float) -> None:
         request = txn.request
         dialog = self._dialogs.get(self._dialog_id_of_request(request))
+        if dialog is not None and dialog.bye_after_ack is not None and request.method == "BYE":
+            # The SRC hangs up first while our BYE waits for the ACK: its BYE does the job.
+            dialog.bye_after_ack = None
+            dialog.unacked_2xx = None
+            for handle in (dialog.ack_retransmit, dialog.ack_timeout):
+                if handle:
+                    handle.cancel()
+            self._reply(txn, 200, now)
+            return
         if dialog is None or dialog.ended:
             self._reply(txn, 481, now)
             return
@@ -444,19 +460,22 @@ class SipAgent:
             return
         # ACK for a 2xx: its own transaction, matched to the dialog (RFC 3261 §13.3.1.4).
         dialog = self._dialogs.get(self._dialog_id_of_request(request))
-        if dialog is None or dialog.ended:
-            self.stats["dropped"] += 1
-            return
         number, _ = request.cseq
-        if dialog.unacked_2xx is not None and number == dialog.unacked_cseq:
-            dialog.unacked_2xx = None
-            dialog.offer_in_2xx = False
-            for handle in (dialog.ack_retransmit, dialog.ack_timeout):
-                if handle:
-                    handle.cancel()
-            if not dialog.confirmed:
-                dialog.confirmed = True
-                self._events.append(DialogConfirmed(dialog.id))
+        if dialog is None or dialog.unacked_2xx is None or number != dialog.unacked_cseq:
+            if dialog is None or dialog.ended:
+                self.stats["dropped"] += 1
+            return
+        dialog.unacked_2xx = None
+        dialog.offer_in_2xx = False
+        for handle in (dialog.ack_retransmit, dialog.ack_timeout):
+            if handle:
+                handle.cancel()
+        if dialog.bye_after_ack is not None:
+            reason, dialog.bye_after_ack = dialog.bye_after_ack, None
+            self._send_bye(dialog, self._now_hint, reason_text=reason)
+        elif not dialog.confirmed and not dialog.ended:
+            dialog.confirmed = True
+            self._events.append(DialogConfirmed(dialog.id))
 
     def _receive_cancel(self, request: SipRequest, peer: Peer, now: float) -> None:
         key = self._transaction_key(request, method="INVITE")
@@ -626,7 +645,7 @@ class SipAgent:
 
     def _retransmit_2xx(self, dialog: _Dialog, reply_to: Peer) -> Callable[[float], None]:
         def fire(now: float) -> None:
-            if dialog.unacked_2xx is None or dialog.ended:
+            if dialog.unacked_2xx is None:
                 return
             self._outgoing.append(Outgoing(dialog.unacked_2xx, reply_to))
             dialog.ack_interval = min(2 * dialog.ack_interval, self.settings.timers.t2)
@@ -635,10 +654,14 @@ class SipAgent:
         return fire
 
     def _ack_never_came(self, dialog: _Dialog, now: float) -> None:
-        if dialog.unacked_2xx is None or dialog.ended:
+        if dialog.unacked_2xx is None:
             return
         # RFC 3261 §13.3.1.4: no ACK within 64*T1 — confirm then end the session with BYE.
         dialog.unacked_2xx = None
+        if dialog.bye_after_ack is not None:
+            reason, dialog.bye_after_ack = dialog.bye_after_ack, None
+            self._send_bye(dialog, now, reason_text=reason)
+            return
         self._send_bye(dialog, now, reason_text="no ACK")
         self._terminate_dialog(dialog, "no-ack", now)
 
@@ -646,8 +669,11 @@ class SipAgent:
         if dialog.ended:
             return
         dialog.ended = True
-        dialog.unacked_2xx = None
-        for handle in (dialog.ack_retransmit, dialog.ack_timeout, dialog.session_timer):
+        handles = [dialog.session_timer]
+        if dialog.bye_after_ack is None:
+            dialog.unacked_2xx = None
+            handles += [dialog.ack_retransmit, dialog.ack_timeout]
+        for handle in handles:
             if handle:
                 handle.cancel()
         # RFC 3261 §15.1.2: requests still pending on the dialog get 487.

@@ -106,7 +106,7 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 _CSEQ_RE = re.compile(r"\s*([0-9]{1,10})\s+(" + _TOKEN + r")\s*")
 _VIA_RE = re.compile(
     r"\s*SIP\s*/\s*2\.0\s*/\s*(" + _TOKEN + r")\s+"  # transport
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"  # host
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)"  # host (with "_", which some hostnames carry)
     r"(?:\s*:\s*([0-9]{1,5}))?"  # port
     r"\s*((?:;.*)?)$",  # params
     re.IGNORECASE,
@@ -328,14 +328,22 @@ class SipMessage:
         return self.headers.get("Content-Type")
 
     def _serialise(self, start_line: str) -> bytes:
-        lines = [start_line]
+        lines = [_one_line(start_line)]
         for name, value in self.headers:
             if name.lower() == "content-length":
                 continue
-            lines.append(f"{name}: {value}")
+            lines.append(f"{name}: {_one_line(value)}")
         lines.append(f"Content-Length: {len(self.body)}")
         head = "\r\n".join(lines) + "\r\n\r\n"
         return head.encode("utf-8", "surrogateescape") + self.body
+
+
+def _one_line(text: str) -> str:
+    """A value set by our own code (a reason phrase, a header from the transaction user) must
+    not smuggle a line break, and with it a header or a body, onto the wire."""
+    if "\r" in text or "\n" in text:
+        return text.replace("\r", " ").replace("\n", " ")
+    return text
 
 
 @dataclass(slots=True)

@@ -590,6 +590,9 @@ def test_reinvite_contact_becomes_the_remote_target_once_accepted() -> None:
     assert isinstance(event, RequestReceived)
     agent.respond(event.txn, 200, 1.0, body=SDP)
     sent(agent)
+    agent.receive(
+        request("ACK", cseq=call.cseq, to_tag=call.to_tag, branch=new_branch()), SRC_UDP, 1.1
+    )
     agent.end_dialog(call.dialog, 2.0)
     (bye,) = requests_in(sent(agent))
     assert bye.request.uri == "sip:src@203.0.113.50:5070"
@@ -1048,11 +1051,53 @@ def test_bye_to_a_tel_contact_falls_back_to_the_source_address() -> None:
     txn = invite_received(agent, invite, Peer("udp", "203.0.113.8", 5066))
     agent.respond(txn, 200, 0.0, body=SDP)
     dialog = agent.dialog_of(txn)
-    sent(agent)
+    (ok,) = sent(agent)
     assert dialog
+    agent.receive(ack_for(invite, ok.response.to_tag or "", branch=new_branch()), SRC_UDP, 0.1)
     agent.end_dialog(dialog, 1.0)
     (bye,) = requests_in(sent(agent))
     assert (bye.peer.host, bye.peer.port) == ("203.0.113.8", 5066)
+
+
+def test_hanging_up_before_the_ack_waits_for_it_and_keeps_retransmitting_the_2xx() -> None:
+    # RFC 3261 §15: no BYE on a dialog until the ACK for our 2xx came (or never will).
+    agent = make_agent()
+    call = establish(agent, ack=False)
+    agent.end_dialog(call.dialog, 0.2, "shutdown")
+    assert sent(agent) == []
+    assert events(agent) == [DialogEnded(call.dialog, "shutdown")]
+    out = run_until(agent, 2.0)
+    assert retransmission_times(out, 200) == [0.5, 1.5]
+    agent.receive(ack_for(call.invite, call.to_tag, branch=new_branch()), SRC_UDP, 2.0)
+    (bye,) = sent(agent)
+    assert bye.request.method == "BYE" and "shutdown" in (bye.request.headers.get("Reason") or "")
+    assert events(agent) == []  # no DialogConfirmed for a dialog already ended
+    agent.receive(answer_to(bye.request, 200), SRC_UDP, 2.1)
+    assert requests_in(run_until(agent, 100.0)) == []
+    assert agent.get_timer() is None
+
+
+def test_hanging_up_before_an_ack_that_never_comes_sends_one_bye_at_64_t1() -> None:
+    agent = make_agent()
+    call = establish(agent, ack=False)
+    agent.end_dialog(call.dialog, 1.0)
+    events(agent)
+    out = run_until(agent, 64 * T1)
+    assert [(m.request.method, m.at) for m in requests_in(out)] == [("BYE", 64 * T1)]
+    assert events(agent) == []
+    run_until(agent, 200.0)
+    assert agent.get_timer() is None
+
+
+def test_src_bye_while_our_bye_waits_for_the_ack_is_accepted() -> None:
+    agent = make_agent()
+    call = establish(agent, ack=False)
+    agent.end_dialog(call.dialog, 0.1)
+    events(agent)
+    agent.receive(call.in_dialog("BYE"), SRC_UDP, 0.3)
+    assert statuses(sent(agent)) == [200]
+    assert requests_in(run_until(agent, 100.0)) == []
+    assert events(agent) == []
 
 
 def test_end_dialog_twice_or_unknown_is_harmless() -> None:

@@ -203,12 +203,22 @@ def test_mutated_real_messages_never_break_the_agent(
 ) -> None:
     harness = Harness()
     seeds = harness.seeds()
-    for _ in range(draw.draw(st.integers(1, 4), label="messages")):
-        seed = draw.draw(st.sampled_from(seeds), label="seed")
-        mutated = mutate(seed, draw) if draw.draw(st.booleans(), label="mutate") else seed
-        harness.feed(mutated, peer, answers)
-        if draw.draw(st.booleans(), label="retransmit"):
+    for _ in range(draw.draw(st.integers(1, 5), label="steps")):
+        step = draw.draw(st.sampled_from(["feed", "feed", "feed", "tick", "hangup"]), label="step")
+        if step == "tick":
+            # Let retransmission and session timers run part of their course.
+            harness.now += draw.draw(st.sampled_from([0.5, 4.0, 31.0, 33.0, 61.0]), label="dt")
+            harness.run_clock()
+        elif step == "hangup":
+            for dialog in harness.agent.dialog_ids():
+                harness.agent.end_dialog(dialog, harness.now, "fuzz")
+            harness.drain(answers)
+        else:
+            seed = draw.draw(st.sampled_from(seeds), label="seed")
+            mutated = mutate(seed, draw) if draw.draw(st.booleans(), label="mutate") else seed
             harness.feed(mutated, peer, answers)
+            if draw.draw(st.booleans(), label="retransmit"):
+                harness.feed(mutated, peer, answers)
     harness.finish()
 
 
