@@ -5,7 +5,6 @@ RFC 3311 (UPDATE) and what SIPREC SRCs expect of a recording server."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
@@ -27,6 +26,7 @@ from siprec_server.sip.message import (
     parse_message,
     parse_via,
 )
+from tests.interop import INTEROP_DIR
 from tests.unit.test_sip_support import (
     SDP,
     SRC_HOST,
@@ -50,7 +50,7 @@ from tests.unit.test_sip_support import (
     statuses,
 )
 
-INTEROP = Path("/work/shared/interop")
+INTEROP = INTEROP_DIR
 
 
 def retransmission_times(messages: list[Sent], status: int) -> list[float]:

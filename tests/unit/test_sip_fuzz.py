@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from siprec_server.sip.agent import SipAgent
 from siprec_server.sip.events import Peer, RequestReceived
 from siprec_server.sip.message import SipParseError, SipResponse, StreamFramer, parse_message
+from tests.interop import INTEROP_DIR
 from tests.unit.test_sip_support import (
     SDP,
     SRC_TCP,
@@ -29,7 +30,7 @@ from tests.unit.test_sip_support import (
 
 HOST = re.compile(r"[A-Za-z0-9.\-]+|[0-9A-Fa-f:.]+")
 REGRESSIONS = Path(__file__).resolve().parents[1] / "regressions" / "sip"
-INTEROP = Path("/work/shared/interop")
+INTEROP = INTEROP_DIR
 FUZZ = settings(
     max_examples=200,
     deadline=None,

@@ -4,7 +4,6 @@ with the wire shapes SBCs really send, and the interop requests in /work/shared/
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,10 @@ from siprec_server.sip.message import (
     parse_via,
     split_list,
 )
+from tests.interop import INTEROP_DIR
 from tests.unit.test_sip_support import SDP, request
 
-INTEROP = Path("/work/shared/interop")
+INTEROP = INTEROP_DIR
 
 OPTIONS = (
     b"OPTIONS sip:srs@192.0.2.10 SIP/2.0\r\n"
