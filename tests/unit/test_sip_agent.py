@@ -238,7 +238,9 @@ def test_non_invite_retransmission_gets_the_same_response_until_timer_j(method: 
     (again,) = sent(agent)
     assert again.data == first.data
     assert events(agent) == []
-    run_until(agent, 1.0 + 64 * T1)
+    run_until(agent, 1.0 + 64 * T1 - 0.01)
+    assert any(t.request.method == method for t in agent._by_id.values())
+    run_until(agent, 1.0 + 64 * T1)  # Timer J
     assert not any(t.request.method == method for t in agent._by_id.values())
 
 
