@@ -151,6 +151,7 @@ async def start_server(config: Config) -> RunningServer:
                 config.media.dtmf_resume_sequence,
                 config.media.dtmf_sequence_timeout,
             ),
+            inactivity_timeout=config.media.inactivity_timeout,
         )
         recovered = await media.recover()
         if recovered:
@@ -185,6 +186,7 @@ async def start_server(config: Config) -> RunningServer:
                 min_se=config.sip.min_se,
             )
         )
+        media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
         sip = SipEndpoint(agent, recorder.on_sip_event)
         recorder.sip = sip
         await sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 from datetime import UTC, datetime
@@ -27,6 +28,24 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", help="every recording")
     target.add_argument("--audit", action="store_true", help="the audit trail's hash chain")
     verify.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    users = commands.add_parser("users", help="API accounts")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    add = users_commands.add_parser(
+        "add", help="create an account (a generated password is printed once)"
+    )
+    add.add_argument("name", help="the login name")
+    add.add_argument(
+        "--role", required=True, help="admin, supervisor, auditor, agent or integration"
+    )
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument(
+        "--scope", action="append", default=[], metavar="PATTERN",
+        help='restrict to numbers ("+4420794600*", "2001") or AORs ("sip:*@sales.example.com");'
+        " repeatable",
+    )
+    add.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -96,6 +115,49 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
             await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
 
 
+def _operator() -> str:
+    """Who ran the command, for the audit trail."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def _users_add(config: Config, args: argparse.Namespace, password: str | None) -> int:
+    from api.auth_api import create_account
+    from siprec_server.access import AccessError
+    from siprec_server.app import open_database
+    from storage.users import UsernameTakenError
+
+    pool, cluster = await open_database(config)
+    try:
+        user, generated = await create_account(
+            pool,
+            actor=_operator(),
+            username=args.name,
+            role=args.role,
+            scopes=args.scope,
+            password=password,
+            source="cli",
+        )
+    except AccessError as exc:
+        print(f"siprec-server: {exc}", file=sys.stderr)
+        return 2
+    except UsernameTakenError as exc:
+        print(f"siprec-server: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await pool.close()
+        if cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+    assert user is not None
+    print(f"created user {user.username} ({user.role}) id {user.id}")
+    if generated is not None:
+        # The only time this password is shown; it is stored only as an argon2id hash.
+        print(f"password: {generated}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -111,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         return uvloop.run(_verify(config, args))
+    if args.command == "users" and args.users_command == "add":
+        password = None
+        if args.password_stdin:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+            if not password:
+                print("siprec-server: no password on standard input", file=sys.stderr)
+                return 2
+        return uvloop.run(_users_add(config, args, password))
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

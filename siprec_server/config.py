@@ -65,6 +65,7 @@ class MediaConfig:
     dtmf_pause_sequence: str = "*1"
     dtmf_resume_sequence: str = "*2"
     dtmf_sequence_timeout: int = 3
+    inactivity_timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class ApiConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     bootstrap_admin: str = "admin"
+    token_ttl: int = 28800
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: up to 8 keys of 0-9 * # A-D, or empty to disable")
     if media.dtmf_pause_sequence and media.dtmf_pause_sequence == media.dtmf_resume_sequence:
         raise ConfigError("media.dtmf_resume_sequence: must differ from the pause sequence")
+    if media.inactivity_timeout < 5:
+        raise ConfigError("media.inactivity_timeout: at least 5 seconds")
     if media.codec_preference not in ("offer", "local"):
         raise ConfigError("media.codec_preference: expected offer or local")
     for suite in media.srtp_suites:

@@ -144,6 +144,8 @@ class _ActiveCall:
     transports: list[asyncio.BaseTransport]
     channels: list[ChannelAssignment]
     data_key: bytes
+    started: float
+    timed_out: bool = False
 
 
 class MediaService:
@@ -158,6 +160,7 @@ class MediaService:
         bind_host: str,
         ports: PortAllocator,
         dtmf_control: DtmfControl | None = None,
+        inactivity_timeout: float = 300.0,
     ) -> None:
         self._dir = data_dir / "recordings"
         self._db = db
@@ -167,6 +170,9 @@ class MediaService:
         self._bind_host = bind_host
         self._ports = ports
         self._dtmf_control = dtmf_control
+        self._inactivity_timeout = inactivity_timeout
+        self.on_inactive: Callable[[RecordingSession], None] | None = None
+        """Called once when a session's media has been silent for the inactivity timeout."""
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
@@ -248,7 +254,7 @@ class MediaService:
             )
             transports += [rtp, rtcp]
         self._calls[session.recording_id] = _ActiveCall(
-            session, media, writer, file, path, transports, channels, dek
+            session, media, writer, file, path, transports, channels, dek, self._loop.time()
         )
         log.info("media_started", recording_id=str(session.recording_id),
                  channels=len(channels), rate=rate)
@@ -323,6 +329,13 @@ class MediaService:
                     self.stats["tick_errors"] += 1
                     log.error("media_tick_failed", recording_id=str(recording_id),
                               error=repr(exc))
+                last = call.media.last_packet or call.started
+                if (not call.timed_out and now - last > self._inactivity_timeout
+                        and self.on_inactive is not None):
+                    call.timed_out = True
+                    log.warning("media_inactive", recording_id=str(recording_id),
+                                seconds=round(now - last))
+                    self.on_inactive(call.session)
 
     async def close(self) -> None:
         if self._ticker is not None:

@@ -334,6 +334,11 @@ class Recorder:
         log.info("recording_ended", recording_id=str(session.recording_id), state=state,
                  reason=reason)
 
+    def end_session(self, session: RecordingSession, reason: str) -> None:
+        """Hang up from our side (BYE); the recording finishes when the dialog ends."""
+        if self.sip is not None and session.dialog_id is not None:
+            self.sip.end_dialog(session.dialog_id, reason)
+
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop taking calls, hang up every session (BYE) and finish its recording."""
         self._accepting = False

@@ -67,9 +67,21 @@ def to_loopback(message: bytes, *, transport: str, port: int, branch: str | None
         for line in body.split(b"\r\n")
     ]
     out = head + b"\r\n\r\n" + b"\r\n".join(lines)
+    out = _contact_to(out, port)
     branch = branch or "z9hG4bK" + secrets.token_hex(6)
     out = set_header(out, "Via", f"SIP/2.0/{transport.upper()} 127.0.0.1:{port};branch={branch};rport")
     return set_content_length(out)
+
+
+_CONTACT_HOSTPORT = re.compile(
+    rb"(?im)^((?:contact|m)\s*:[^<\r\n]*<?sips?:(?:[^@>;\r\n]*@)?)([^;>\r\n]+)"
+)
+
+
+def _contact_to(message: bytes, port: int) -> bytes:
+    """Point the Contact's host:port at our socket, keeping the vendor's parameters (+sip.src
+    inside or outside the brackets, ;src) that the recorder must recognise."""
+    return _CONTACT_HOSTPORT.sub(lambda m: m.group(1) + f"127.0.0.1:{port}".encode(), message, 1)
 
 
 @dataclass

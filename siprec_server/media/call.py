@@ -151,6 +151,8 @@ class CallMedia:
         self._dtmf: list[DtmfEvent] = []
         self._dtmf_count = 0
         self._dtmf_detector = DtmfSequenceDetector(dtmf_control) if dtmf_control else None
+        self.last_packet: float | None = None
+        """The caller's clock at the last datagram of any stream (for inactivity timeouts)."""
         self.closed = False
 
     # ---------------------------------------------------------------- packets
@@ -159,6 +161,7 @@ class CallMedia:
         stream = self._streams.get(index)
         if stream is None:
             return
+        self.last_packet = now
         counters = stream.counters
         counters.bytes_received += len(data)
         if stream.spec.rtcp_mux and len(data) > 1 and 192 <= data[1] <= 223:

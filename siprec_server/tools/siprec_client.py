@@ -87,6 +87,7 @@ __all__ = [
     "PayloadEncoder",
     "RtpStream",
     "RunReport",
+    "ServerAddress",
     "SenderStats",
     "SipExchange",
     "SrcDialog",
@@ -675,9 +676,13 @@ class Impairment:
         return copies
 
     def flush(self) -> list[bytes]:
-        """A packet still held back for reordering, at the end of the stream."""
+        """A packet still held back for reordering, at the end of the stream. Nothing came
+        after it, so it goes out in order after all and is not counted as reordered."""
         held, self._held = self._held, None
-        return [] if held is None else [held]
+        if held is None:
+            return []
+        self.reordered -= 1
+        return [held]
 
 
 # --- the INVITE --------------------------------------------------------------------------------
@@ -937,6 +942,8 @@ class StreamReport:
 class CallReport:
     index: int
     call_id: str
+    session_id: str
+    """The RFC 7865 recording session id of the metadata (base64 of a UUID)."""
     transport: str
     ok: bool
     """200 to the INVITE, media sent as planned, 200 to the BYE."""
@@ -1626,7 +1633,8 @@ def _host_uri(server: tuple[str, int], transport: str) -> str:
 
 @dataclass
 class _RunContext:
-    server: tuple[str, int]
+    servers: Mapping[str, tuple[str, int]]
+    """The recorder's address per SIP transport; media goes to the same host."""
     local_host: str
     pacer: _Pacer
     links: dict[str, _SipLink]
@@ -1637,7 +1645,10 @@ class _RunContext:
         async with self.link_lock:
             link = self.links.get(transport)
             if link is None or link.closed_reason is not None:
-                link = _SipLink(transport, self.server, self.local_host)
+                server = self.servers.get(transport)
+                if server is None:
+                    raise SiprecClientError(f"no server address for {transport}")
+                link = _SipLink(transport, server, self.local_host)
                 await link.open()
                 self.links[transport] = link
             return link
@@ -1698,6 +1709,7 @@ class _Call:
         self.keys: list[bytes | None] = []
         self.media_start_tick: int | None = None
         self.sdp_session = random.randrange(1, 2**31)
+        self.session_id = _xml_id(uuid.uuid4())
         self.sdp_version = 0
         self.established = False
         self.bye_sent = False
@@ -1749,7 +1761,7 @@ class _Call:
         for stream in plan.streams:
             parties.setdefault(stream.participant, _xml_id(uuid.uuid4()))
         metadata = build_metadata(
-            plan.streams, session_id=_xml_id(uuid.uuid4()), stream_ids=ids,
+            plan.streams, session_id=self.session_id, stream_ids=ids,
             participant_ids=parties, now=datetime.now(UTC),
         )
         request = dialog.state.invite(sdp, metadata)
@@ -1796,7 +1808,8 @@ class _Call:
         plan = self.plan
         payloads = self.media.payloads
         overrides = self.media.overrides
-        server_host = self.ctx.server[0]
+        assert self.dialog is not None
+        server_host = self.dialog.link.server[0]
         for i, (stream, answer) in enumerate(zip(plan.streams, self.answers, strict=True)):
             if answer.port == 0 or answer.payload_type is None:
                 self.outbound.append(None)
@@ -1904,6 +1917,7 @@ class _Call:
         return CallReport(
             index=self.index,
             call_id=self.dialog.call_id if self.dialog else "",
+            session_id=self.session_id,
             transport=self.plan.transport,
             ok=ok,
             error=self.error,
@@ -1935,7 +1949,8 @@ class _Call:
             srtp_suite=out.srtp.suite.name if out and out.srtp else None,
             answered=out is not None,
             local_port=offered.port if offered else 0,
-            remote=(self.ctx.server[0], answer.port) if answer and answer.port else None,
+            remote=(self.dialog.link.server[0], answer.port)
+            if answer and answer.port and self.dialog else None,
             answer_address=answer.address if answer else None,
             ssrc=rtp.ssrc if rtp else 0,
             first_seq=rtp.first_seq if rtp else 0,
@@ -1953,8 +1968,12 @@ class _Call:
         )
 
 
+ServerAddress = tuple[str, int] | str
+"""(host, port) or "HOST:PORT"."""
+
+
 async def run_calls(
-    server: tuple[str, int] | str,
+    server: ServerAddress | Mapping[str, ServerAddress],
     plans: Sequence[CallPlan],
     concurrency: int = 10,
     rate: float = 10.0,
@@ -1965,8 +1984,10 @@ async def run_calls(
 ) -> RunReport:
     """Place every planned call against `server` and report what was sent.
 
-    Calls start at `rate` per second, at most `concurrency` at a time. Every SIP message and
-    every RTP packet goes to the server's host (RTP at the answered ports). `sip_timeout` bounds
+    `server` is one address for every transport, or {"udp": ..., "tcp": ...} when the
+    recorder listens on different ports. Calls start at `rate` per second, at most
+    `concurrency` at a time. Every SIP message and every RTP packet goes to the server's
+    host (RTP at the answered ports). `sip_timeout` bounds
     each transaction (RFC 3261 Timer B/F by default); `hard_timeout` bounds the whole run:
     calls still running then are cancelled (a BYE is sent without waiting) and reported as such.
     """
@@ -1977,7 +1998,13 @@ async def run_calls(
     ptimes = {p.ptime_ms for p in plans}
     if len(ptimes) > 1:
         raise SiprecClientError("all calls of a run share one packet time")
-    address = _resolve(server)
+    if isinstance(server, Mapping):
+        servers = {transport: _resolve(address) for transport, address in server.items()}
+    else:
+        address = _resolve(server)
+        servers = {"udp": address, "tcp": address}
+    if not servers:
+        raise SiprecClientError("no server address")
     # Every payload is encoded before the first call: encoding during the run would stall the
     # pacer and show up as the sender's own lateness.
     prepare0 = time.process_time()
@@ -1988,8 +2015,8 @@ async def run_calls(
     t0 = time.monotonic()
     pacer = _Pacer(ptimes.pop() if ptimes else 20)
     ctx = _RunContext(
-        server=address,
-        local_host=local_host or _local_host_for(address),
+        servers=servers,
+        local_host=local_host or _local_host_for(next(iter(servers.values()))),
         pacer=pacer,
         links={},
         sip_timeout=sip_timeout,

@@ -7,15 +7,18 @@ import asyncio
 import random
 import socket
 import struct
+from pathlib import Path
 
 import numpy as np
 
-from siprec_server.app import RunningServer
+from siprec_server.app import RunningServer, start_server
+from siprec_server.config import load_config
+from siprec_server.sip.message import SipRequest, build_response
 from siprec_server.siprec.sdp import parse_sdp
 from storage import recordings
 from storage.playback import read_all
 from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
-from tests.integration.conftest import sip_address
+from tests.integration.conftest import server_env, sip_address
 from tests.integration.test_interop import wait_for_state
 from tests.sip_client import SipTestClient, interop_case
 
@@ -89,3 +92,23 @@ async def test_two_party_call_is_recorded_on_two_channels(server: RunningServer)
     assert stats["16777227"]["packets_received"] == len(frames_l)
     assert stats["16777227"]["packets_lost"] == 0
 
+
+
+async def test_silent_session_is_hung_up_after_the_inactivity_timeout(
+    db_dsn: str, data_dir: Path
+) -> None:
+    srv = await start_server(load_config(env=server_env(db_dsn, data_dir,
+                                                        media__inactivity_timeout="5")))
+    try:
+        async with SipTestClient("udp", sip_address(srv, "udp")) as src:
+            response, dialog = await src.invite(interop_case("rfc7866_1"))
+            assert response.status == 200 and dialog is not None
+            bye = await src.receive(timeout=8.0)
+            assert isinstance(bye, SipRequest) and bye.method == "BYE"
+            assert 'text="media inactive"' in (bye.headers.get("Reason") or "")
+            ok = build_response(bye, 200)
+            src.send(ok.to_bytes())
+        row = await wait_for_state(srv, dialog.call_id, "complete")
+        assert row["end_reason"] == "media inactive"
+    finally:
+        await srv.stop()

@@ -1,5 +1,5 @@
 """The SIP message layer against RFC 3261 §7 (syntax), §18.3 (framing) and §20 (compact forms),
-with the wire shapes SBCs really send, and the interop requests in /work/shared/interop."""
+with the wire shapes SBCs really send, and the interop requests in ../shared/interop."""
 
 from __future__ import annotations
 

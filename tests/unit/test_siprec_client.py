@@ -250,7 +250,7 @@ def test_a_reordered_packet_follows_the_next_one_and_nothing_is_lost() -> None:
     out, imp = run_impairment(Impairments(reorder_percent=50), 5)
     numbers = [int.from_bytes(p, "big") for p in out]
     assert numbers == [1, 0, 3, 2, 4]  # the last one is held to the end, then flushed
-    assert imp.reordered == 3 and imp.dropped == 0
+    assert imp.reordered == 2 and imp.dropped == 0  # ... so it was not reordered after all
     out, _ = run_impairment(Impairments(reorder_percent=30, duplicate_percent=30, seed=2), 1000)
     assert set(Counter(out)) == {i.to_bytes(4, "big") for i in range(1000)}
 
