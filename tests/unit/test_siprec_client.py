@@ -255,6 +255,14 @@ def test_a_reordered_packet_follows_the_next_one_and_nothing_is_lost() -> None:
     assert set(Counter(out)) == {i.to_bytes(4, "big") for i in range(1000)}
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_reordered_counts_the_packets_that_arrive_after_a_later_one(seed: int) -> None:
+    out, imp = run_impairment(Impairments(loss_percent=5, reorder_percent=10,
+                                          duplicate_percent=5, seed=seed), 500)
+    numbers = [int.from_bytes(p, "big") for p in out]
+    assert sum(1 for a, b in zip(numbers, numbers[1:], strict=False) if b < a) == imp.reordered
+
+
 def test_total_loss_sends_nothing() -> None:
     out, imp = run_impairment(Impairments(loss_percent=100), 100)
     assert out == [] and imp.dropped == 100
