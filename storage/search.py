@@ -1,0 +1,450 @@
+"""Finding recordings: a search as a value, its SQL, the opaque page cursor, and the RECORDING
+view (INTERFACES.md) of stored rows.
+
+Every filter value is a bound parameter. The caller's scope (which recordings a user may see at
+all) is an SQL expression over one `participants` row, supplied by the caller and ANDed into the
+same statement, so nothing outside it is ever read into Python: no rows, no counts, no cursor.
+
+Pages are keyset pages in (started_at DESC, id ASC) order — the order of the
+`recordings_started_at` index — so page 10,000 costs what page 1 costs. The cursor is the
+(started_at, id) of the last row shown, opaque to clients.
+
+Values arrive already normalised (numbers by `normalize_number`, AORs lower-cased): the API
+layer knows SIP spellings, storage does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+
+__all__ = [
+    "MAX_LIMIT",
+    "Cursor",
+    "RecordingQuery",
+    "ScopeSql",
+    "SearchError",
+    "SearchPage",
+    "detail_view",
+    "fetch_recording",
+    "like_substring",
+    "recording_view",
+    "rfc3339",
+    "search_recordings",
+    "search_sql",
+    "visible_recording_ids",
+]
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+STATES = ("offered", "recording", "complete", "interrupted", "failed", "erased")
+
+ScopeSql = Callable[[str, int], tuple[str, list[object]]]
+"""(participants alias, first parameter number) -> (SQL boolean over that row, its parameters);
+"TRUE" means unrestricted and "FALSE" nothing (siprec_server.access.scope_filter)."""
+
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+
+class SearchError(ValueError):
+    """A search that cannot be run: a bad cursor, limit, state or time range."""
+
+
+# ------------------------------------------------------------------------------------- cursor
+
+_CURSOR_VERSION = 1
+_CURSOR = struct.Struct(">Bq16s")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the next page starts: after the row (started_at, recording_id)."""
+
+    started_at: datetime
+    recording_id: UUID
+
+    def encode(self) -> str:
+        micros = (self.started_at - _EPOCH) // timedelta(microseconds=1)
+        raw = _CURSOR.pack(_CURSOR_VERSION, micros, self.recording_id.bytes)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        if not text or len(text) > 64:
+            raise SearchError("invalid cursor")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            version, micros, rid = _CURSOR.unpack(raw)
+            started_at = _EPOCH + timedelta(microseconds=micros)
+        except (binascii.Error, struct.error, ValueError, OverflowError):
+            raise SearchError("invalid cursor") from None
+        if version != _CURSOR_VERSION:
+            raise SearchError("invalid cursor")
+        return cls(started_at, UUID(bytes=rid))
+
+
+# ------------------------------------------------------------------------------------- query
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingQuery:
+    """A search. Every given filter must hold (AND); each participant filter may be met by a
+    different party of the call, so numbers=(a, b) finds the calls between a and b."""
+
+    numbers: tuple[str, ...] = ()
+    """Normalised numbers (normalize_number); compared with participants.number."""
+    aors: tuple[str, ...] = ()
+    """Lower-cased normalised AORs; compared with lower(participants.aor)."""
+    names: tuple[str, ...] = ()
+    """Case-insensitive substrings of a participant's name."""
+    call_id: str | None = None
+    session_id: str | None = None
+    states: tuple[str, ...] = ()
+    started_from: datetime | None = None
+    """Inclusive lower bound of started_at."""
+    started_to: datetime | None = None
+    """Exclusive upper bound of started_at."""
+    limit: int = DEFAULT_LIMIT
+    after: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise SearchError(f"limit must be between 1 and {MAX_LIMIT}")
+        for state in self.states:
+            if state not in STATES:
+                raise SearchError(f"unknown state {state[:40]!r} (known: {', '.join(STATES)})")
+        for bound in (self.started_from, self.started_to):
+            if bound is not None and bound.tzinfo is None:
+                raise SearchError("times need a time zone (RFC 3339, e.g. 2024-05-01T00:00:00Z)")
+        if (self.started_from and self.started_to and self.started_from >= self.started_to):
+            raise SearchError("from must be before to")
+        for name in self.names:
+            if not name.strip():
+                raise SearchError("a name filter must not be empty")
+
+    @property
+    def filter_kinds(self) -> list[str]:
+        """Which kinds of filter the search used, for the audit trail (never the values: a
+        number or a name is personal data)."""
+        kinds = [
+            ("number", bool(self.numbers)),
+            ("aor", bool(self.aors)),
+            ("name", bool(self.names)),
+            ("call_id", self.call_id is not None),
+            ("session_id", self.session_id is not None),
+            ("state", bool(self.states)),
+            ("from", self.started_from is not None),
+            ("to", self.started_to is not None),
+            ("cursor", self.after is not None),
+        ]
+        return [kind for kind, used in kinds if used]
+
+
+def like_substring(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its own % _ \\ taken literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class _Statement:
+    """SQL text with numbered parameters, built up in order."""
+
+    def __init__(self) -> None:
+        self.params: list[object] = []
+
+    def param(self, value: object) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+
+_RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state, r.started_at,
+    r.answered_at, r.ended_at, r.end_reason, r.duration_ms, r.channels, r.pauses, r.dtmf_events,
+    r.erased_at, r.erased_by, r.erasure_reason"""
+
+
+def _scope_condition(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
+    """The scope as a condition on recordings r; None when it restricts nothing."""
+    if scope is None:
+        return None
+    text, params = scope(alias, len(statement.params) + 1)
+    normalised = text.strip().upper()
+    if normalised == "TRUE":
+        return None
+    if normalised == "FALSE":
+        return "FALSE"
+    statement.params.extend(params)
+    # IN (semi-join) rather than a correlated EXISTS: the planner may then start from the
+    # participants index when the scope is narrow, or from recordings when it is wide.
+    return f"r.id IN (SELECT {alias}.recording_id FROM participants {alias} WHERE {text})"
+
+
+def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list[object]]:
+    """The statement of one page of `query` (limit + 1 rows: the extra one says whether there
+    is a next page) within `scope`."""
+    st = _Statement()
+    where: list[str] = []
+    for number in query.numbers:
+        where.append(
+            f"r.id IN (SELECT p.recording_id FROM participants p WHERE p.number = {st.param(number)})"
+        )
+    for aor in query.aors:
+        where.append(
+            "r.id IN (SELECT p.recording_id FROM participants p "
+            f"WHERE lower(p.aor) = {st.param(aor.lower())})"
+        )
+    for name in query.names:
+        where.append(
+            "r.id IN (SELECT p.recording_id FROM participants p "
+            f"WHERE lower(p.name) LIKE {st.param(like_substring(name))})"
+        )
+    if query.call_id is not None:
+        where.append(f"r.call_id = {st.param(query.call_id)}")
+    if query.session_id is not None:
+        where.append(f"r.session_id = {st.param(query.session_id)}")
+    if query.states:
+        where.append(f"r.state = ANY({st.param(list(query.states))}::text[])")
+    if query.started_from is not None:
+        where.append(f"r.started_at >= {st.param(query.started_from)}")
+    if query.started_to is not None:
+        where.append(f"r.started_at < {st.param(query.started_to)}")
+    if query.after is not None:
+        at = st.param(query.after.started_at)
+        rid = st.param(query.after.recording_id)
+        # (started_at DESC, id ASC): later pages have earlier times, or the same time and a
+        # greater id. The first term is what the index range scan uses.
+        where.append(f"r.started_at <= {at} AND (r.started_at < {at} OR r.id > {rid})")
+    scoped = _scope_condition(scope, st, "sp")
+    if scoped is not None:
+        where.append(scoped)
+    sql = (
+        f"SELECT {_RECORDING_COLUMNS} FROM recordings r"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY r.started_at DESC, r.id ASC LIMIT {st.param(query.limit + 1)}"
+    )
+    return sql, st.params
+
+
+# ------------------------------------------------------------------------------------- views
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def _participant_view(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": p["participant_id"],
+        "aor": p["aor"],
+        "name": p["name"],
+        "number": p["number"],
+        "present": p["present"],
+        "joined_at": rfc3339(p["joined_at"]),
+        "left_at": rfc3339(p["left_at"]),
+    }
+
+
+def _channel_view(c: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "index": c.get("index"),
+        "label": c.get("label"),
+        "m_index": c.get("m_index"),
+        "participant_ids": list(c.get("participant_ids") or ()),
+        "reason": c.get("reason"),
+    }
+
+
+def _stream_view(s: Mapping[str, Any], *, full_stats: bool) -> dict[str, Any]:
+    stats: Mapping[str, Any] = s["stats"] or {}
+    view = {
+        "label": s["label"],
+        "m_index": s["m_index"],
+        "kind": s["kind"],
+        "accepted": s["accepted"],
+        "channel": s["channel"],
+        "codec": s["codec"],
+        "srtp": s["srtp_suite"],
+        "packets_received": stats.get("packets_received"),
+        "packets_lost": stats.get("packets_lost"),
+    }
+    if full_stats:
+        view["stats"] = dict(stats)
+    return view
+
+
+def _pause_view(p: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "start_s": _seconds(p.get("start_ms")),
+        "end_s": _seconds(p.get("end_ms")),
+        "source": p.get("source"),
+    }
+
+
+def recording_view(
+    row: Mapping[str, Any],
+    participants: Sequence[Mapping[str, Any]],
+    streams: Sequence[Mapping[str, Any]],
+    *,
+    full_stats: bool = False,
+) -> dict[str, Any]:
+    """A RECORDING as INTERFACES.md defines it (plus a few fields)."""
+    return {
+        "id": str(row["id"]),
+        "call_id": row["call_id"],
+        "session_id": row["session_id"],
+        "sip_session_id": row["sip_session_id"],
+        "state": row["state"],
+        "started_at": rfc3339(row["started_at"]),
+        "answered_at": rfc3339(row["answered_at"]),
+        "ended_at": rfc3339(row["ended_at"]),
+        "end_reason": row["end_reason"],
+        "duration_s": _seconds(row["duration_ms"]),
+        "participants": [_participant_view(p) for p in participants],
+        "channels": [_channel_view(c) for c in row["channels"] or ()],
+        "streams": [_stream_view(s, full_stats=full_stats) for s in streams],
+        "pauses": [_pause_view(p) for p in row["pauses"] or ()],
+        "dtmf_events": row["dtmf_events"],
+        "erased_at": rfc3339(row["erased_at"]),
+        "erased_by": row["erased_by"],
+        "erasure_reason": row["erasure_reason"],
+    }
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else bytes(value).hex()
+
+
+def detail_view(
+    row: Mapping[str, Any],
+    participants: Sequence[Mapping[str, Any]],
+    streams: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """One recording in full: the RECORDING fields plus sizes, hashes, every stream counter and
+    the signature state (not verified; the API verifies on request)."""
+    view = recording_view(row, participants, streams, full_stats=True)
+    signed = row["signature"] is not None and row["summary"] is not None
+    view.update(
+        {
+            "transport": row["transport"],
+            "node_id": row["node_id"],
+            "sample_rate": row["sample_rate"],
+            "recovered": row["recovered"],
+            "has_audio": row["file_path"] is not None,
+            "sizes": {
+                "plaintext_bytes": row["plaintext_bytes"],
+                "ciphertext_bytes": row["ciphertext_bytes"],
+            },
+            "hashes": {
+                "plaintext_sha256": _hex(row["plaintext_sha256"]),
+                "ciphertext_sha256": _hex(row["ciphertext_sha256"]),
+            },
+            "signature": {
+                "state": "signed" if signed else "unsigned",
+                "key_id": row["signing_key_id"] if signed else None,
+                "verified": None,
+                "problems": [],
+            },
+            "metadata_events": row["metadata_events"],
+        }
+    )
+    return view
+
+
+# ------------------------------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+async def _children(
+    db: Executor, ids: list[UUID]
+) -> tuple[dict[UUID, list[Any]], dict[UUID, list[Any]]]:
+    participants: dict[UUID, list[Any]] = {i: [] for i in ids}
+    streams: dict[UUID, list[Any]] = {i: [] for i in ids}
+    if not ids:
+        return participants, streams
+    for row in await db.fetch(
+        """SELECT recording_id, participant_id, aor, name, number, present, joined_at, left_at
+           FROM participants WHERE recording_id = ANY($1::uuid[])
+           ORDER BY recording_id, participant_id""",
+        ids,
+    ):
+        participants[row["recording_id"]].append(row)
+    for row in await db.fetch(
+        """SELECT recording_id, m_index, label, kind, accepted, channel, codec, srtp_suite, stats
+           FROM streams WHERE recording_id = ANY($1::uuid[]) ORDER BY recording_id, m_index""",
+        ids,
+    ):
+        streams[row["recording_id"]].append(row)
+    return participants, streams
+
+
+async def search_recordings(
+    db: Executor, query: RecordingQuery, scope: ScopeSql | None
+) -> SearchPage:
+    """One page of the recordings matching `query` within `scope`, newest first."""
+    sql, params = search_sql(query, scope)
+    rows = await db.fetch(sql, *params)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    participants, streams = await _children(db, [r["id"] for r in rows])
+    items = [recording_view(r, participants[r["id"]], streams[r["id"]]) for r in rows]
+    next_cursor = Cursor(rows[-1]["started_at"], rows[-1]["id"]).encode() if more else None
+    return SearchPage(items, next_cursor)
+
+
+async def visible_recording_ids(
+    db: Executor, recording_ids: Sequence[UUID], scope: ScopeSql | None
+) -> set[UUID]:
+    """Which of these recordings exist within `scope`."""
+    st = _Statement()
+    ids = st.param(list(recording_ids))
+    where = [f"r.id = ANY({ids}::uuid[])"]
+    scoped = _scope_condition(scope, st, "sp")
+    if scoped is not None:
+        where.append(scoped)
+    rows = await db.fetch(f"SELECT r.id FROM recordings r WHERE {' AND '.join(where)}",
+                          *st.params)
+    return {row["id"] for row in rows}
+
+
+async def fetch_recording(
+    db: Executor, recording_id: UUID, scope: ScopeSql | None
+) -> dict[str, Any] | None:
+    """One recording's detail view, or None when it does not exist or is out of scope (the two
+    must look the same to the caller)."""
+    st = _Statement()
+    where = [f"r.id = {st.param(recording_id)}"]
+    scoped = _scope_condition(scope, st, "sp")
+    if scoped is not None:
+        where.append(scoped)
+    row = await db.fetchrow(
+        f"""SELECT {_RECORDING_COLUMNS}, r.transport, r.node_id, r.sample_rate, r.recovered,
+                   r.file_path, r.plaintext_bytes, r.ciphertext_bytes, r.plaintext_sha256,
+                   r.ciphertext_sha256, r.summary, r.signature, r.signing_key_id,
+                   (SELECT count(*) FROM metadata_events m WHERE m.recording_id = r.id)
+                       AS metadata_events
+            FROM recordings r WHERE {' AND '.join(where)}""",
+        *st.params,
+    )
+    if row is None:
+        return None
+    participants, streams = await _children(db, [recording_id])
+    return detail_view(row, participants[recording_id], streams[recording_id])
