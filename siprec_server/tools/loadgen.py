@@ -97,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtmf-at", type=float, default=1.0)
     p.add_argument("--dtmf-inband", choices=("tone", "silence", "none"), default="tone")
     p.add_argument("--hold", type=_hold, default=None, help="START:END seconds of hold")
+    p.add_argument("--phases", type=int, default=4,
+                   help="spread calls over this many slots of the packet time (1 = bursts)")
     p.add_argument("--sip-timeout", type=_positive, default=64 * T1,
                    help="seconds to wait for a final response (default 32)")
     p.add_argument("--hard-timeout", type=_positive, default=None,
@@ -158,19 +160,24 @@ def summary(report: RunReport) -> str:
         f"{sum(s.send_errors for s in streams)} send errors",
         f"call-seconds: {report.call_seconds:.1f} in {report.elapsed:.1f} s, "
         f"up to {sender.max_streams} streams at once",
-        f"sender lateness (last packet of a tick): p50 {sender.late_last_p50_ms:.2f} ms, "
+        f"sender lateness (last packet of a step): p50 {sender.late_last_p50_ms:.2f} ms, "
         f"p99 {sender.late_last_p99_ms:.2f} ms, max {sender.late_last_max_ms:.2f} ms; "
-        f"{sender.overruns} of {sender.ticks} ticks over one packet time",
+        f"{sender.overruns} of {sender.ticks} steps over one packet time; "
+        f"send loop busy {100 * sender.duty:.0f}% of the time",
         f"sender CPU: {report.cpu_user:.2f} s user + {report.cpu_system:.2f} s system = "
         f"{cpu:.2f} s"
         + (f" = {per_call_second:.2f} ms per call-second" if per_call_second else "")
-        + f" (send loop busy {sender.busy_seconds:.2f} s; encoding beforehand "
-        f"{report.prepare_cpu:.2f} s)",
+        + f" (encoding beforehand {report.prepare_cpu:.2f} s)",
     ]
     if sender.fell_behind:
+        cause = (
+            "it is too slow for this load: use fewer calls per process"
+            if sender.duty > 0.5 else
+            "its process was not scheduled in time (CPU shared with the server or others)"
+        )
         lines.append(
-            "WARNING: the load generator fell behind its own schedule: these numbers measure "
-            "the sender, not the server. Use fewer calls per process."
+            "WARNING: the load generator fell behind its own schedule, so lateness seen by "
+            f"the server includes the sender's own; {cause}."
         )
     return "\n".join(lines)
 
@@ -184,6 +191,7 @@ async def _main(args: argparse.Namespace, plans: list[CallPlan]) -> RunReport:
         local_host=args.local_address,
         sip_timeout=args.sip_timeout,
         hard_timeout=args.hard_timeout,
+        phases=args.phases,
     )
 
 

@@ -14,7 +14,8 @@ Layers, as in the server:
   INVITE body builders (SDP offer, RFC 7865 metadata, multipart/mixed);
 - the asyncio edge: one SIP link per transport (shared by every call), a small client
   transaction per request (RFC 3261 17.1 retransmission on T1 doubling over UDP), and ONE pacer
-  task that sends the due packets of every stream of every call on a 20 ms grid.
+  task that sends the due packets of every stream of every call on a common grid of packet
+  times, each call on one of a few phases of it so that packets do not all leave in one burst.
 
 The send path is header + SRTP protect + sendto: payloads are encoded before the call starts
 (a one-second loop of tone by default, shared by every call with the same codec and tone), so a
@@ -71,6 +72,7 @@ from siprec_server.siprec.sdp import SdpError, parse_sdp
 
 __all__ = [
     "CODECS",
+    "T1",
     "DTMF_FREQUENCIES",
     "AnsweredMedia",
     "AudioSource",
@@ -98,6 +100,7 @@ __all__ = [
     "build_invite_body",
     "build_metadata",
     "build_offer_sdp",
+    "codec_spec",
     "default_streams",
     "dtmf_overrides",
     "dtmf_tone",
@@ -970,7 +973,10 @@ class SenderStats:
     `first` when the tick started sending, `last` when its last packet had been sent."""
 
     ticks: int
+    """Steps of the pacer that had streams to serve."""
     max_streams: int
+    phases: int
+    """Steps per packet time: calls are spread over this many phases."""
     late_first_p50_ms: float
     late_first_p99_ms: float
     late_last_p50_ms: float
@@ -980,10 +986,18 @@ class SenderStats:
     """Ticks whose last packet left more than one packet time late: the sender fell behind."""
     busy_seconds: float
     """Wall time spent building and sending packets."""
+    active_seconds: float = 0.0
+    """Wall time covered by the steps that had streams."""
 
     @property
     def fell_behind(self) -> bool:
         return self.overruns > 0 or self.late_last_p99_ms > 10.0
+
+    @property
+    def duty(self) -> float:
+        """Share of the active time the send loop was busy. Lateness with a low duty means
+        the process was not scheduled in time (the CPU is shared), not that sending is slow."""
+        return self.busy_seconds / self.active_seconds if self.active_seconds else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1063,6 +1077,7 @@ class _OutboundStream:
         self.ptime = ptime
         self.stream_index = stream_index
         self.start_tick = 0
+        """The pacer step of the stream's first packet."""
         self.end_tick: int | None = None
         self.datagrams = 0
         self.errors = 0
@@ -1071,11 +1086,11 @@ class _OutboundStream:
         self.finished = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def send_tick(self, tick: int) -> bool:
-        """Send what is due at the pacer's `tick`; False once the stream is over."""
-        k = tick - self.start_tick
+    def send_tick(self, k: int, step: int) -> bool:
+        """Send what is due at the stream's packet time `k` (the pacer's `step`); False once
+        the stream is over."""
         if k >= self.frames:
-            self.finish(tick)
+            self.finish(step)
             return False
         rtp = self.rtp
         packets = rtp.packets(k)
@@ -1137,48 +1152,59 @@ _EARLY: Final = 0.001
 
 
 class _Pacer:
-    """The one task that sends every stream's packets on a common grid of packet times.
+    """The one task that sends every stream's packets on a common grid.
 
-    Each tick sends, for every active stream, the packet(s) due; when the loop wakes late the
-    next ticks follow without sleeping, so no packet is skipped and the lateness is recorded.
+    The packet time is cut into `phases` steps; each call's streams are put on the least busy
+    phase, so packets leave spread over the packet time as from a real SBC, not as one burst
+    of every stream. Each step sends, for the streams of its phase, the packet(s) due; when the
+    loop wakes late the next steps follow without sleeping, so no packet is skipped, and the
+    lateness is recorded.
     """
 
-    def __init__(self, ptime_ms: int) -> None:
+    def __init__(self, ptime_ms: int, phases: int = 4) -> None:
         self.ptime = ptime_ms / 1000
+        self.phases = phases
+        self.step = self.ptime / phases
         self._t0 = time.monotonic()
-        self._tick = 0
-        self._streams: list[_OutboundStream] = []
+        self._next = 0
+        """The next step to run."""
+        self._by_phase: list[list[_OutboundStream]] = [[] for _ in range(phases)]
+        self._active = 0
         self._wake = asyncio.Event()
         self._closed = False
         self.late_first: list[float] = []
         self.late_last: list[float] = []
-        self.tick_of_sample: list[int] = []
+        self.step_of_sample: list[int] = []
         self.max_streams = 0
         self.busy = 0.0
         self._task = asyncio.create_task(self._run())
 
-    def time_of(self, tick: int) -> float:
-        return self._t0 + tick * self.ptime
+    def time_of(self, step: int) -> float:
+        return self._t0 + step * self.step
 
     def add(self, streams: Sequence[_OutboundStream]) -> int:
-        """Start streams at the next tick; returns that tick."""
-        if not self._streams:
-            # Idle until now: rejoin the grid at the next tick from now.
+        """Start a call's streams at the next step of the least busy phase; returns that step."""
+        if not self._active:
+            # Idle until now: rejoin the grid at the next step from now.
             elapsed = time.monotonic() - self._t0
-            self._tick = max(self._tick, math.ceil(elapsed / self.ptime))
-        start = self._tick
+            self._next = max(self._next, math.ceil(elapsed / self.step))
+        phase = min(range(self.phases), key=lambda p: len(self._by_phase[p]))
+        start = self._next + (phase - self._next) % self.phases
         for stream in streams:
             stream.start_tick = start
-            self._streams.append(stream)
-        self.max_streams = max(self.max_streams, len(self._streams))
+            self._by_phase[phase].append(stream)
+        self._active += len(streams)
+        self.max_streams = max(self.max_streams, self._active)
         self._wake.set()
         return start
 
     def remove(self, streams: Sequence[_OutboundStream]) -> None:
         for stream in streams:
-            if stream in self._streams:
-                self._streams.remove(stream)
-                stream.finish(self._tick)
+            for members in self._by_phase:
+                if stream in members:
+                    members.remove(stream)
+                    self._active -= 1
+            stream.finish(self._next)
 
     async def close(self) -> None:
         self._closed = True
@@ -1190,34 +1216,38 @@ class _Pacer:
     async def _run(self) -> None:
         # time.monotonic, not loop.time(): uvloop's loop time has 1 ms steps and stands still
         # during a callback, which would hide the cost of the sends being measured.
+        phases = self.phases
         while not self._closed:
-            if not self._streams:
+            if not self._active:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due = self._t0 + self._tick * self.ptime
+            due = self._t0 + self._next * self.step
             while (delay := due - time.monotonic()) > _EARLY:
                 await asyncio.sleep(delay)
             start = time.monotonic()
-            tick = self._tick
-            self._tick += 1
-            streams = self._streams
+            step = self._next
+            self._next += 1
+            members = self._by_phase[step % phases]
             over = False
-            for stream in streams:
-                if not stream.send_tick(tick):
+            for stream in members:
+                # Members of this phase started on a step of it: whole packet times apart.
+                if not stream.send_tick((step - stream.start_tick) // phases, step):
                     over = True
             if over:
-                self._streams = [s for s in streams if not s.finished]
+                kept = [s for s in members if not s.finished]
+                self._active -= len(members) - len(kept)
+                self._by_phase[step % phases] = kept
             end = time.monotonic()
             self.busy += end - start
-            if streams:
+            if members:
                 self.late_first.append(start - due)
                 self.late_last.append(end - due)
-                self.tick_of_sample.append(tick)
+                self.step_of_sample.append(step)
 
-    def lateness_between(self, first_tick: int, last_tick: int) -> float | None:
-        lo = bisect.bisect_left(self.tick_of_sample, first_tick)
-        hi = bisect.bisect_right(self.tick_of_sample, last_tick)
+    def lateness_between(self, first_step: int, last_step: int) -> float | None:
+        lo = bisect.bisect_left(self.step_of_sample, first_step)
+        hi = bisect.bisect_right(self.step_of_sample, last_step)
         if lo >= hi:
             return None
         return max(self.late_last[lo:hi])
@@ -1229,6 +1259,7 @@ class _Pacer:
         return SenderStats(
             ticks=len(self.late_last),
             max_streams=self.max_streams,
+            phases=self.phases,
             late_first_p50_ms=pct(self.late_first, 50),
             late_first_p99_ms=pct(self.late_first, 99),
             late_last_p50_ms=pct(self.late_last, 50),
@@ -1236,6 +1267,7 @@ class _Pacer:
             late_last_max_ms=max(self.late_last, default=0.0) * 1000,
             overruns=sum(1 for v in self.late_last if v > self.ptime),
             busy_seconds=self.busy,
+            active_seconds=len(self.late_last) * self.step,
         )
 
 
@@ -1901,7 +1933,7 @@ class _Call:
         media_seconds = 0.0
         lateness = None
         if self.media_start_tick is not None and last_tick is not None:
-            media_seconds = (last_tick - self.media_start_tick) * pacer.ptime
+            media_seconds = (last_tick - self.media_start_tick) * pacer.step
             late = pacer.lateness_between(self.media_start_tick, last_tick)
             lateness = None if late is None else late * 1000
         dtmf = sorted(
@@ -1981,6 +2013,7 @@ async def run_calls(
     local_host: str | None = None,
     sip_timeout: float = 64 * T1,
     hard_timeout: float | None = None,
+    phases: int = 4,
 ) -> RunReport:
     """Place every planned call against `server` and report what was sent.
 
@@ -1990,9 +2023,11 @@ async def run_calls(
     host (RTP at the answered ports). `sip_timeout` bounds
     each transaction (RFC 3261 Timer B/F by default); `hard_timeout` bounds the whole run:
     calls still running then are cancelled (a BYE is sent without waiting) and reported as such.
+    `phases` spreads the calls' packets over that many slots of the packet time (1 = every
+    stream at once).
     """
-    if concurrency < 1 or rate <= 0:
-        raise SiprecClientError("concurrency must be >= 1 and rate > 0")
+    if concurrency < 1 or rate <= 0 or not 1 <= phases <= 20:
+        raise SiprecClientError("concurrency must be >= 1, rate > 0, phases 1..20")
     for plan in plans:
         plan.validate()
     ptimes = {p.ptime_ms for p in plans}
@@ -2013,7 +2048,7 @@ async def run_calls(
     prepare_cpu = time.process_time() - prepare0
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
-    pacer = _Pacer(ptimes.pop() if ptimes else 20)
+    pacer = _Pacer(ptimes.pop() if ptimes else 20, phases)
     ctx = _RunContext(
         servers=servers,
         local_host=local_host or _local_host_for(next(iter(servers.values()))),

@@ -128,6 +128,21 @@ def test_g729_is_receive_only() -> None:
         CallPlan(streams=default_streams(2, "G729")).validate()
 
 
+def test_a_callable_source_gives_each_frame_at_the_codecs_own_rate() -> None:
+    asked: list[tuple[int, int]] = []
+
+    def source(index: int, rate: int) -> np.ndarray:
+        asked.append((index, rate))
+        return np.full(rate // 50, 1000 * (index + 1), dtype=np.int16)
+
+    payloads = encode_source(CODECS["PCMU"], source, 3)
+    levels = [int(ULAW_TO_LINEAR[np.frombuffer(p, np.uint8)].mean()) for p in payloads]
+    assert levels == pytest.approx([1000, 2000, 3000], rel=0.05)
+    asked.clear()
+    encode_source(CODECS["G722"], source, 2)
+    assert asked == [(0, 16000), (1, 16000)]
+
+
 def test_encoder_pads_a_short_frame() -> None:
     assert len(PayloadEncoder(CODECS["PCMA"]).encode(np.zeros(10, np.int16))) == 160
 
@@ -525,6 +540,7 @@ def test_command_line_builds_one_plan_per_call_with_its_own_seed() -> None:
     ["--server", "127.0.0.1:5060", "--calls", "0"],
     ["--server", "no-port-here"],
     ["--server", "127.0.0.1:5060", "--hold", "soon"],
+    ["--server", "127.0.0.1:5060", "--reorder", "60"],
 ])
 def test_command_line_refuses_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
