@@ -353,10 +353,6 @@ class LoginPolicy:
     def is_locked(self, locked_until: datetime | None, now: datetime) -> bool:
         return locked_until is not None and locked_until > now
 
-    def lock_after(self, attempt: int) -> bool:
-        """Whether failing attempt number `attempt` (1-based since the last success) locks."""
-        return attempt >= self.max_failures
-
 
 # --- API tokens -------------------------------------------------------------------------------
 

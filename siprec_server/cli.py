@@ -124,8 +124,25 @@ def _operator() -> str:
 
 
 async def _users_add(config: Config, args: argparse.Namespace, password: str | None) -> int:
+    from siprec_server.access import (
+        AccessError,
+        validate_password,
+        validate_role,
+        validate_scopes,
+        validate_username,
+    )
+
+    try:  # before starting anything: a typo is answered at once
+        validate_username(args.name)
+        validate_role(args.role)
+        validate_scopes(args.scope)
+        if password is not None:
+            validate_password(password)
+    except AccessError as exc:
+        print(f"siprec-server: {exc}", file=sys.stderr)
+        return 2
+
     from api.auth_api import create_account
-    from siprec_server.access import AccessError
     from siprec_server.app import open_database
     from storage.users import UsernameTakenError
 

@@ -16,6 +16,7 @@ CREATE TABLE users (
     password_changed_at timestamptz NOT NULL,
     failed_logins       integer NOT NULL DEFAULT 0,  -- attempts since the last success
     last_failed_at      timestamptz,
+    last_login_at       timestamptz,             -- finds inactive accounts (PCI DSS 8.2.6)
     locked_until        timestamptz
 );
 -- "Alice" and "alice" would be two look-alike accounts: one name, whatever its case.

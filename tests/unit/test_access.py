@@ -329,8 +329,6 @@ def test_failed_logins_are_slowed_by_doubling_delays_up_to_a_cap() -> None:
 def test_lockout_defaults_meet_pci_dss_and_locks_expire() -> None:
     policy = LoginPolicy()
     assert policy.max_failures <= 10 and policy.lockout >= timedelta(minutes=30)
-    assert not policy.lock_after(policy.max_failures - 1)
-    assert policy.lock_after(policy.max_failures)
     now = datetime(2025, 1, 1, tzinfo=UTC)
     assert policy.is_locked(now + timedelta(seconds=1), now)
     assert not policy.is_locked(now, now)

@@ -1,0 +1,724 @@
+"""Identity endpoints of the control API: login and logout (bearer tokens), user administration,
+and the audit trail reader; plus the bootstrap administrator and account creation shared with
+the command line.
+
+    POST   /api/v1/auth/token      {"username","password"} -> {"token","expires_at",...}
+    DELETE /api/v1/auth/token      revoke the caller's token
+    GET    /api/v1/users           users.manage
+    POST   /api/v1/users           users.manage: {"username","role","password"?,"scopes"?}
+    GET    /api/v1/users/me        any authenticated caller: their own account
+    GET    /api/v1/users/{id}      users.manage
+    PATCH  /api/v1/users/{id}      users.manage: {"role"?,"scopes"?,"disabled"?,"password"?,
+                                                  "unlock"?}
+    DELETE /api/v1/users/{id}      users.manage: disable and revoke its tokens (the row stays)
+    GET    /api/v1/audit           audit.read: ?actor= &action= &target= &outcome= &from= &to=
+                                   &limit= &cursor= &order=desc|asc
+
+Every login, failed login, account change and audit read writes an audit event; passwords and
+tokens never appear in events or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from api.app import DB_KEY, error
+from api.security import TOKEN_HASH, authenticate, principal_of, require
+from siprec_server.access import (
+    DEFAULT_PASSWORD_HASHING,
+    MAX_PASSWORD_LENGTH,
+    ROLES,
+    AccessError,
+    LoginPolicy,
+    PasswordHashing,
+    Permission,
+    Principal,
+    Role,
+    generate_password,
+    new_api_token,
+    token_digest,
+    validate_password,
+    validate_role,
+    validate_scopes,
+    validate_username,
+)
+from siprec_server.logs import get_logger
+from storage import users
+from storage.audit import AuditEvent, record_audit
+
+__all__ = [
+    "IDENTITY_KEY",
+    "ApiInputError",
+    "Identity",
+    "create_account",
+    "ensure_bootstrap_admin",
+    "setup_identity",
+]
+
+log = get_logger("api.auth")
+_T = TypeVar("_T")
+
+MAX_JSON_BODY = 64 * 1024
+MAX_AUDIT_PAGE = 500
+DEFAULT_AUDIT_PAGE = 100
+_HASHING_SLOTS = 2  # concurrent argon2 computations (each 64 MiB and a core for ~0.1 s)
+
+
+class ApiInputError(ValueError):
+    """A request this API cannot take: answered with `status` and a JSON error."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class Identity:
+    """Per-application identity settings and the shared password-hashing slots."""
+
+    token_ttl: timedelta
+    policy: LoginPolicy
+    hashing: PasswordHashing
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_HASHING_SLOTS))
+    _dummy_hash: str | None = None
+
+    async def hash(self, password: str) -> str:
+        return await self._run(self.hashing.hash, password)
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        """Checks against a throw-away hash when there is no account, so that an unknown name
+        costs the same time as a wrong password."""
+        if stored_hash is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+            stored_hash = self._dummy_hash
+        return await self._run(self.hashing.verify, stored_hash, password)
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        # argon2-cffi releases the GIL: threads give real parallelism and keep the loop free.
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+IDENTITY_KEY = web.AppKey("identity", Identity)
+
+
+def setup_identity(
+    app: web.Application,
+    *,
+    token_ttl_s: int = 28800,
+    policy: LoginPolicy | None = None,
+    password_hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
+) -> None:
+    """Add authentication (middleware) and the identity routes to an app from create_api()."""
+    if token_ttl_s <= 0:
+        raise ValueError("token_ttl_s must be positive")
+    app[IDENTITY_KEY] = Identity(
+        timedelta(seconds=token_ttl_s), policy or LoginPolicy(), password_hashing
+    )
+    app.middlewares.append(authenticate)
+    router = app.router
+    router.add_post("/api/v1/auth/token", login)
+    router.add_delete("/api/v1/auth/token", logout)
+    router.add_get("/api/v1/users", list_users)
+    router.add_post("/api/v1/users", create_user)
+    router.add_get("/api/v1/users/me", show_me)  # before {id}: routes match in order
+    router.add_get("/api/v1/users/{id}", show_user)
+    router.add_patch("/api/v1/users/{id}", update_user)
+    router.add_delete("/api/v1/users/{id}", disable_user)
+    router.add_get("/api/v1/audit", list_audit)
+
+
+# --- accounts shared with the CLI and start-up --------------------------------------------------
+
+
+async def create_account(
+    db: asyncpg.Pool,
+    *,
+    actor: str,
+    username: object,
+    role: object,
+    scopes: object = (),
+    password: object = None,
+    source: str | None = None,
+    hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
+    only_if_none_exist: bool = False,
+) -> tuple[users.User | None, str | None]:
+    """Validate, hash and store a new account and audit it (users.create) in one transaction.
+    Returns (user, generated password or None); user is None only when only_if_none_exist found
+    accounts. AccessError for bad values, users.UsernameTakenError for a taken name."""
+    name = validate_username(username)
+    known_role = validate_role(role)
+    patterns = validate_scopes(scopes)
+    generated = None
+    if password is None:
+        generated = password = generate_password()
+    clear = validate_password(password)
+    password_hash = await asyncio.get_running_loop().run_in_executor(None, hashing.hash, clear)
+    async with db.acquire() as conn, conn.transaction():
+        user = await users.create_user(
+            conn,
+            username=name,
+            role=known_role.value,
+            password_hash=password_hash,
+            scopes=patterns,
+            now=datetime.now(UTC),
+            only_if_none_exist=only_if_none_exist,
+        )
+        if user is None:
+            return None, None
+        await record_audit(
+            conn,
+            AuditEvent(
+                actor=actor,
+                action="users.create",
+                target=str(user.id),
+                source=source,
+                details={
+                    "username": user.username,
+                    "role": user.role,
+                    "scopes": list(user.scopes),
+                    "password": "generated" if generated else "given",
+                    "bootstrap": only_if_none_exist,
+                },
+            ),
+        )
+    return user, generated
+
+
+async def ensure_bootstrap_admin(
+    db: asyncpg.Pool,
+    username: str,
+    password: str | None,
+    *,
+    hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
+) -> str | None:
+    """On a database without users, create the administrator `username` with `password`
+    (from $SIPREC_BOOTSTRAP_PASSWORD) or a generated one. Returns the generated password (to be
+    shown once, never logged), else None. AccessError for an unacceptable name or password."""
+    if await users.has_users(db):
+        return None
+    user, generated = await create_account(
+        db,
+        actor="system",
+        username=username,
+        role=Role.ADMIN.value,
+        password=password or None,
+        source="bootstrap",
+        hashing=hashing,
+        only_if_none_exist=True,
+    )
+    if user is not None:
+        log.warning("bootstrap_admin_created", user_id=str(user.id))
+    return generated
+
+
+# --- request helpers --------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _input_errors(handler: Handler) -> Handler:
+    """Bad input becomes a JSON 4xx, never a 500."""
+
+    @functools.wraps(handler)
+    async def answering(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiInputError as exc:
+            return error(exc.status, exc.code, str(exc))
+        except AccessError as exc:
+            return error(400, "bad_request", str(exc))
+
+    return answering
+
+
+async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiInputError("the body is too large", status=413, code="payload_too_large")
+    body = bytearray()
+    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise ApiInputError("the body is too large", status=413, code="payload_too_large")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiInputError("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiInputError("the body must be a JSON object")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ApiInputError(f"unknown fields: {', '.join(unknown)[:200]}")
+    return value
+
+
+def _rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _user_json(user: users.User, now: datetime) -> dict[str, Any]:
+    try:
+        permissions = sorted(ROLES[Role(user.role)])
+    except ValueError:
+        permissions = []
+    return {
+        "id": str(user.id),
+        "username": user.username,
+        "role": user.role,
+        "permissions": permissions,
+        "scopes": list(user.scopes),
+        "disabled": user.disabled,
+        "locked": user.locked_until is not None and user.locked_until > now,
+        "locked_until": _rfc3339(user.locked_until),
+        "failed_logins": user.failed_logins,
+        "created_at": _rfc3339(user.created_at),
+        "updated_at": _rfc3339(user.updated_at),
+        "password_changed_at": _rfc3339(user.password_changed_at),
+        "last_login_at": _rfc3339(user.last_login_at),
+    }
+
+
+def _user_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["id"])
+    except ValueError:
+        raise ApiInputError("no such user", status=404, code="not_found") from None
+
+
+async def _audit(request: web.Request, event: AuditEvent) -> None:
+    await record_audit(request.app[DB_KEY], event)
+
+
+def _source(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+# --- login and logout -------------------------------------------------------------------------
+
+
+def _login_refused() -> web.Response:
+    # One answer for unknown name, wrong password, locked and disabled accounts alike.
+    response = error(401, "invalid_credentials", "wrong username or password")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="siprec-server"'
+    return response
+
+
+@_input_errors
+async def login(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request, frozenset({"username", "password"}))
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiInputError("username and password are required (strings)")
+    if not username or not password or len(username) > 256 or len(password) > MAX_PASSWORD_LENGTH:
+        raise ApiInputError("username and password must be non-empty and not overlong")
+    identity = request.app[IDENTITY_KEY]
+    policy = identity.policy
+    db = request.app[DB_KEY]
+    source = _source(request)
+    now = datetime.now(UTC)
+
+    blocked_until = await users.source_blocked_until(db, source, now)
+    if blocked_until is not None:
+        await _audit(request, AuditEvent(
+            actor="anonymous", action="auth.login_failed", outcome="failure", source=source,
+            details={"reason": "source_blocked"},
+        ))
+        retry = max(1, int((blocked_until - now).total_seconds()) + 1)
+        response = error(429, "too_many_attempts",
+                         "too many failed logins from this address; try again later")
+        response.headers["Retry-After"] = str(retry)
+        return response
+
+    user = await users.find_user_by_name(db, username)
+    # Always hash, whatever the outcome will be: the time taken must not tell them apart.
+    password_ok = await identity.verify(user.password_hash if user else None, password)
+
+    reason = "bad_password"
+    if user is None:
+        reason = "unknown_user"
+    elif user.disabled:
+        reason = "disabled"
+    elif policy.is_locked(user.locked_until, now):
+        reason = "locked"
+    elif password_ok:
+        new_hash = None
+        if identity.hashing.needs_rehash(user.password_hash):
+            new_hash = await identity.hash(password)
+        # Checks the lock again: parallel guesses may have locked it while we were hashing.
+        if await users.record_login_success(db, user.id, now, new_hash):
+            return await _login_succeeded(request, identity, user, new_hash, source, now)
+        reason = "locked"
+    return await _login_failed(request, policy, user, reason, source, now)
+
+
+async def _login_succeeded(
+    request: web.Request,
+    identity: Identity,
+    user: users.User,
+    new_hash: str | None,
+    source: str,
+    now: datetime,
+) -> web.StreamResponse:
+    token = new_api_token()
+    issued = await users.issue_token(
+        request.app[DB_KEY], user.id, token_digest(token), now=now, ttl=identity.token_ttl,
+        source=source,
+    )
+    await _audit(request, AuditEvent(
+        actor=str(user.id), action="auth.login", target=str(user.id), source=source,
+        details={"token_id": issued.token_hash[:8].hex(),
+                 "expires_at": _rfc3339(issued.expires_at),
+                 "rehashed": new_hash is not None},
+    ))
+    principal = Principal.of(user.id, user.username, user.role, user.scopes)
+    response = web.json_response({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": _rfc3339(issued.expires_at),
+        "user": {"id": str(user.id), "username": user.username, "role": user.role,
+                 "permissions": sorted(principal.permissions), "scopes": list(user.scopes)},
+    })
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _login_failed(
+    request: web.Request,
+    policy: LoginPolicy,
+    user: users.User | None,
+    reason: str,
+    source: str,
+    now: datetime,
+) -> web.StreamResponse:
+    db = request.app[DB_KEY]
+    failure = None
+    failures = 0
+    if user is not None:
+        failures = user.failed_logins
+        if reason == "bad_password":
+            failure = await users.record_login_failure(
+                db, user.id, now, max_failures=policy.max_failures, lockout=policy.lockout
+            )
+            failures = failure.failures
+    from_source = await users.record_source_failure(
+        db, source, now, window=policy.source_window,
+        max_failures=policy.source_max_failures, block=policy.source_block,
+    )
+    details: dict[str, Any] = {"reason": reason, "source_failures": from_source.failures}
+    if user is not None:
+        details["failures"] = failures
+    actor = str(user.id) if user is not None else "anonymous"
+    target = str(user.id) if user is not None else None
+    await _audit(request, AuditEvent(
+        actor=actor, action="auth.login_failed", outcome="failure", target=target,
+        source=source, details=details,
+    ))
+    if failure is not None and failure.newly_locked and user is not None:
+        log.warning("account_locked", user_id=str(user.id))
+        await _audit(request, AuditEvent(
+            actor="system", action="auth.account_locked", target=str(user.id), source=source,
+            details={"until": _rfc3339(failure.locked_until), "failures": failure.failures},
+        ))
+    if from_source.blocked_until is not None and from_source.failures >= policy.source_max_failures:
+        log.warning("login_source_blocked")
+        await _audit(request, AuditEvent(
+            actor="system", action="auth.source_blocked", source=source,
+            details={"until": _rfc3339(from_source.blocked_until),
+                     "failures": from_source.failures},
+        ))
+    await asyncio.sleep(policy.failure_delay(max(failures, from_source.failures)))
+    return _login_refused()
+
+
+@_input_errors
+async def logout(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    digest = request[TOKEN_HASH]
+    if await users.revoke_token(request.app[DB_KEY], digest, datetime.now(UTC)):
+        await _audit(request, AuditEvent(
+            actor=str(principal.user_id), action="auth.token_revoked",
+            target=str(principal.user_id), source=_source(request),
+            details={"reason": "logout", "token_id": digest[:8].hex(), "count": 1},
+        ))
+    return web.Response(status=204)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+@require(Permission.USERS_MANAGE, action="users.list")
+@_input_errors
+async def list_users(request: web.Request) -> web.StreamResponse:
+    now = datetime.now(UTC)
+    accounts = await users.list_users(request.app[DB_KEY])
+    return web.json_response({"items": [_user_json(u, now) for u in accounts],
+                              "next_cursor": None})
+
+
+@require(Permission.USERS_MANAGE, action="users.create")
+@_input_errors
+async def create_user(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    body = await _json_object(request, frozenset({"username", "role", "password", "scopes"}))
+    if "username" not in body or "role" not in body:
+        raise ApiInputError("username and role are required")
+    identity = request.app[IDENTITY_KEY]
+    try:
+        user, generated = await create_account(
+            request.app[DB_KEY],
+            actor=str(principal.user_id),
+            username=body["username"],
+            role=body["role"],
+            scopes=body.get("scopes", []),
+            password=body.get("password"),
+            source=_source(request),
+            hashing=identity.hashing,
+        )
+    except users.UsernameTakenError:
+        raise ApiInputError("that username is taken", status=409, code="username_taken") from None
+    assert user is not None
+    result: dict[str, Any] = {"user": _user_json(user, datetime.now(UTC))}
+    if generated is not None:
+        result["password"] = generated
+    response = web.json_response(result, status=201)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Location"] = f"/api/v1/users/{user.id}"
+    return response
+
+
+@_input_errors
+async def show_me(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    user = await users.find_user(request.app[DB_KEY], principal.user_id)
+    if user is None:
+        raise ApiInputError("no such user", status=404, code="not_found")
+    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+
+
+@require(Permission.USERS_MANAGE, action="users.read")
+@_input_errors
+async def show_user(request: web.Request) -> web.StreamResponse:
+    user = await users.find_user(request.app[DB_KEY], _user_id(request))
+    if user is None:
+        raise ApiInputError("no such user", status=404, code="not_found")
+    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+
+
+_PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
+
+
+@require(Permission.USERS_MANAGE, action="users.update")
+@_input_errors
+async def update_user(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    user_id = _user_id(request)
+    body = await _json_object(request, _PATCHABLE)
+    if not body:
+        raise ApiInputError(f"nothing to change; fields: {', '.join(sorted(_PATCHABLE))}")
+    changes: dict[str, Any] = {}
+    if "role" in body:
+        changes["role"] = validate_role(body["role"]).value
+    if "scopes" in body:
+        changes["scopes"] = validate_scopes(body["scopes"])
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise ApiInputError("disabled must be true or false")
+        changes["disabled"] = body["disabled"]
+    if "unlock" in body and body["unlock"] is not True:
+        raise ApiInputError("unlock can only be true")
+    if "password" in body:
+        clear = validate_password(body["password"])
+        changes["password_hash"] = await request.app[IDENTITY_KEY].hash(clear)
+    return await _change_user(
+        request, principal, user_id, changes, unlock="unlock" in body, action="users.update"
+    )
+
+
+@require(Permission.USERS_MANAGE, action="users.disable")
+@_input_errors
+async def disable_user(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    return await _change_user(
+        request, principal, _user_id(request), {"disabled": True}, unlock=False,
+        action="users.disable",
+    )
+
+
+async def _change_user(
+    request: web.Request,
+    principal: Principal,
+    user_id: UUID,
+    changes: Mapping[str, Any],
+    *,
+    unlock: bool,
+    action: str,
+) -> web.StreamResponse:
+    now = datetime.now(UTC)
+    source = _source(request)
+    async with request.app[DB_KEY].acquire() as conn, conn.transaction():
+        try:
+            result = await users.update_user(conn, user_id, now=now, unlock=unlock, **changes)
+        except users.LastAdminError:
+            raise ApiInputError(
+                "this would leave no enabled administrator", status=409, code="last_admin"
+            ) from None
+        if result is None:
+            raise ApiInputError("no such user", status=404, code="not_found")
+        before, after = result
+        await record_audit(conn, AuditEvent(
+            actor=str(principal.user_id), action=action, target=str(user_id), source=source,
+            details={"changes": _describe_changes(before, after, changes, unlock)},
+        ))
+        # A reset password or a disabled account ends every session it had.
+        revoke_reason = (
+            "password_reset" if "password_hash" in changes
+            else "user_disabled" if after.disabled and not before.disabled
+            else None
+        )
+        if revoke_reason is not None:
+            count = await users.revoke_user_tokens(conn, user_id, now)
+            await record_audit(conn, AuditEvent(
+                actor=str(principal.user_id), action="auth.token_revoked", target=str(user_id),
+                source=source, details={"reason": revoke_reason, "count": count},
+            ))
+    return web.json_response({"user": _user_json(after, now)})
+
+
+def _describe_changes(
+    before: users.User, after: users.User, changes: Mapping[str, Any], unlock: bool
+) -> dict[str, Any]:
+    described: dict[str, Any] = {}
+    if "role" in changes:
+        described["role"] = {"from": before.role, "to": after.role}
+    if "scopes" in changes:
+        described["scopes"] = {"from": list(before.scopes), "to": list(after.scopes)}
+    if "disabled" in changes:
+        described["disabled"] = {"from": before.disabled, "to": after.disabled}
+    if "password_hash" in changes:
+        described["password"] = "reset"  # never the password or its hash
+    if unlock:
+        described["unlocked"] = True
+    return described
+
+
+# --- audit trail ------------------------------------------------------------------------------
+
+_AUDIT_FILTERS = ("actor", "action", "target", "outcome")
+_AUDIT_PARAMS = frozenset({*_AUDIT_FILTERS, "from", "to", "limit", "cursor", "order"})
+
+
+def _timestamp(name: str, text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiInputError(f"{name}: expected an RFC 3339 timestamp") from None
+    if value.tzinfo is None:
+        raise ApiInputError(f"{name}: the timestamp needs a time zone (Z or +hh:mm)")
+    return value
+
+
+def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[str, str]]:
+    """SQL, parameters, page size and the filters as given, from the query string."""
+    unknown = sorted(set(query) - _AUDIT_PARAMS)
+    if unknown:
+        raise ApiInputError(f"unknown parameters: {', '.join(unknown)[:200]}")
+    given: dict[str, str] = {}
+    for name in set(query):
+        values = query.getall(name) if hasattr(query, "getall") else [query[name]]
+        if len(values) != 1:
+            raise ApiInputError(f"{name}: give it once")
+        if len(values[0]) > 256:
+            raise ApiInputError(f"{name}: too long")
+        given[name] = values[0]
+    where: list[str] = []
+    params: list[Any] = []
+    for name in _AUDIT_FILTERS:
+        if name not in given:
+            continue
+        value = given[name]
+        if name == "action" and value.endswith("*"):
+            # "auth.*": every action under a prefix.
+            prefix = value[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.append(prefix + "%")
+            where.append(f"action LIKE ${len(params)}")
+        else:
+            params.append(value)
+            where.append(f"{name} = ${len(params)}")
+    if "from" in given:
+        params.append(_timestamp("from", given["from"]))
+        where.append(f"at >= ${len(params)}")
+    if "to" in given:
+        params.append(_timestamp("to", given["to"]))
+        where.append(f"at < ${len(params)}")
+    order = given.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiInputError("order: asc or desc")
+    if "cursor" in given:
+        cursor = given["cursor"]
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise ApiInputError("cursor: not a cursor of this listing")
+        params.append(int(cursor))
+        where.append(f"seq {'<' if order == 'desc' else '>'} ${len(params)}")
+    limit_text = given.get("limit", str(DEFAULT_AUDIT_PAGE))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT_PAGE:
+        raise ApiInputError(f"limit: 1 to {MAX_AUDIT_PAGE}")
+    limit = int(limit_text)
+    params.append(limit + 1)  # one more tells whether there is a next page
+    sql = (
+        "SELECT seq, at, actor, action, target, source, outcome, details, prev_hash, hash "
+        "FROM audit_events"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY seq {order.upper()} LIMIT ${len(params)}"
+    )
+    return sql, params, limit, given
+
+
+def _audit_json(row: Any) -> dict[str, Any]:
+    details = row["details"]
+    if isinstance(details, str):
+        details = json.loads(details)
+    return {
+        "seq": row["seq"],
+        "at": _rfc3339(row["at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "target": row["target"],
+        "source": row["source"],
+        "outcome": row["outcome"],
+        "details": details,
+        "prev_hash": bytes(row["prev_hash"]).hex(),
+        "hash": bytes(row["hash"]).hex(),
+    }
+
+
+@require(Permission.AUDIT_READ, action="audit.read")
+@_input_errors
+async def list_audit(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    sql, params, limit, given = _audit_query(request.query)
+    db = request.app[DB_KEY]
+    rows = await db.fetch(sql, *params)
+    items = [_audit_json(row) for row in rows[:limit]]
+    next_cursor = str(items[-1]["seq"]) if len(rows) > limit else None
+    # Reading the audit trail is itself audited (PCI DSS 10.2.1.3); after the query, so a
+    # first page does not show its own read.
+    await _audit(request, AuditEvent(
+        actor=str(principal.user_id), action="audit.read", source=_source(request),
+        details={"filters": given, "returned": len(items)},
+    ))
+    return web.json_response({"items": items, "next_cursor": next_cursor})
