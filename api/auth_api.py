@@ -125,6 +125,8 @@ def setup_identity(
     """Add authentication (middleware) and the identity routes to an app from create_api()."""
     if token_ttl_s <= 0:
         raise ValueError("token_ttl_s must be positive")
+    if IDENTITY_KEY in app:
+        raise RuntimeError("setup_identity was already applied to this application")
     app[IDENTITY_KEY] = Identity(
         timedelta(seconds=token_ttl_s), policy or LoginPolicy(), password_hashing
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
@@ -28,7 +29,7 @@ NO_DELAY = LoginPolicy(delay_base_s=0)
 ADMIN_PASSWORD = "bootstrap-admin-secret"
 PASSWORD = "a long enough password"
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 
 
 class Api:
@@ -72,10 +73,12 @@ class Api:
 
     async def audit_rows(self, action: str | None = None) -> list[asyncpg.Record]:
         if action is None:
-            return await self.db.fetch("SELECT * FROM audit_events ORDER BY seq")
-        return await self.db.fetch(
-            "SELECT * FROM audit_events WHERE action = $1 ORDER BY seq", action
-        )
+            rows: list[asyncpg.Record] = await self.db.fetch(
+                "SELECT * FROM audit_events ORDER BY seq")
+        else:
+            rows = await self.db.fetch(
+                "SELECT * FROM audit_events WHERE action = $1 ORDER BY seq", action)
+        return rows
 
 
 ApiFactory = Callable[..., Awaitable[Api]]
@@ -529,10 +532,10 @@ async def test_bad_payloads_on_every_endpoint_are_refused_cleanly(api: Api) -> N
         for _name, payload in BAD_BODIES:
             status, body = await api.call(method, path, data=payload)
             assert status == 400, (method, path, _name)
-    for payload in ({}, {"disabled": "yes"}, {"unlock": False}, {"role": 7},
-                    {"scopes": [None]}, {"password": 123456789012}):
-        status, body = await api.call("PATCH", target, json=payload)
-        assert status == 400, payload
+    for change in ({}, {"disabled": "yes"}, {"unlock": False}, {"role": 7},
+                   {"scopes": [None]}, {"password": 123456789012}):
+        status, body = await api.call("PATCH", target, json=change)
+        assert status == 400, change
     huge = b'{"username": "' + b"a" * (2 * 1024 * 1024) + b'"}'
     for method, path in (("POST", "/api/v1/auth/token"), ("POST", "/api/v1/users"),
                          ("PATCH", target)):

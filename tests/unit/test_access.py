@@ -292,9 +292,9 @@ def test_usernames_and_passwords_are_checked() -> None:
         with pytest.raises(AccessError):
             validate_username(bad)
     assert validate_password("twelve chars") == "twelve chars"
-    for bad in ("short", "x" * 1025, None, b"bytes-password", "twelve\x00chars"):
+    for bad_password in ("short", "x" * 1025, None, b"bytes-password", "twelve\x00chars"):
         with pytest.raises(AccessError):
-            validate_password(bad)
+            validate_password(bad_password)
 
 
 def test_password_hashes_are_argon2id_and_verify_only_the_right_password() -> None:
