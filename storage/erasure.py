@@ -108,7 +108,7 @@ async def erase_recording(
     RecordingNotFound, RecordingActive (state offered/recording); ValueError for an empty or
     over-long reason."""
     reason = reason.strip()
-    if not reason or len(reason) > MAX_REASON_LENGTH:
+    if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
         raise ValueError(f"a reason of 1 to {MAX_REASON_LENGTH} characters is required")
     async with db.acquire() as conn:
         async with conn.transaction():

@@ -35,7 +35,9 @@ __all__ = [
     "SearchPage",
     "detail_view",
     "fetch_recording",
+    "find_by_reference",
     "like_substring",
+    "recording_state",
     "recording_view",
     "rfc3339",
     "search_recordings",
@@ -448,3 +450,55 @@ async def fetch_recording(
         return None
     participants, streams = await _children(db, [recording_id])
     return detail_view(row, participants[recording_id], streams[recording_id])
+
+
+async def recording_state(
+    db: Executor, recording_id: UUID, scope: ScopeSql | None
+) -> dict[str, Any] | None:
+    """State, erasure stamp and audio facts of one recording within `scope` (None when absent
+    or out of scope)."""
+    st = _Statement()
+    where = [f"r.id = {st.param(recording_id)}"]
+    scoped = _scope_condition(scope, st, "sp")
+    if scoped is not None:
+        where.append(scoped)
+    row = await db.fetchrow(
+        f"""SELECT r.id, r.state, r.erased_at, r.file_path IS NOT NULL AS has_audio,
+                   r.plaintext_bytes
+            FROM recordings r WHERE {' AND '.join(where)}""",
+        *st.params,
+    )
+    return None if row is None else dict(row)
+
+
+async def find_by_reference(
+    db: Executor, ref: str, scope: ScopeSql | None, *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Recordings a caller's reference names — a SIP Call-ID, a SIPREC session id or a
+    recording id — within `scope`, newest first, each with how the reference matched."""
+    st = _Statement()
+    text = st.param(ref)
+    terms = [f"r.call_id = {text}", f"r.session_id = {text}"]
+    try:
+        as_id: UUID | None = UUID(ref)
+    except ValueError:
+        as_id = None
+    if as_id is not None:
+        terms.append(f"r.id = {st.param(as_id)}")
+    where = ["(" + " OR ".join(terms) + ")"]
+    scoped = _scope_condition(scope, st, "sp")
+    if scoped is not None:
+        where.append(scoped)
+    rows = await db.fetch(
+        f"""SELECT r.id, r.state, r.call_id = {text} AS by_call_id,
+                   r.session_id IS NOT DISTINCT FROM {text} AS by_session_id
+            FROM recordings r WHERE {' AND '.join(where)}
+            ORDER BY r.started_at DESC LIMIT {st.param(limit)}""",
+        *st.params,
+    )
+    return [
+        {"id": row["id"], "state": row["state"],
+         "matched": "call_id" if row["by_call_id"] else
+                    "session_id" if row["by_session_id"] else "recording_id"}
+        for row in rows
+    ]
