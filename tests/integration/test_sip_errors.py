@@ -700,11 +700,8 @@ async def test_reinvite_without_acceptable_stream_gets_488_and_recording_goes_on
     await nothing_held(server)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Recorder._initial_invite stores a per-session lock in Recorder._locks before answering; "
-    "_discard (488, 503 no RTP ports, 503 database down) never removes it, so every such "
-    "refused INVITE leaks one entry for the life of the process"))
 async def test_refused_invites_leave_no_per_session_state_behind(server: RunningServer) -> None:
+    """Regression: Recorder._discard (488, 503) used to leave the session's lock behind."""
     async with SipTestClient("udp", sip_address(server, "udp")) as src:
         for _ in range(5):
             response, _ = await src.invite(invite(src, body=multipart(sdp=VIDEO_ONLY_SDP)))
@@ -714,14 +711,11 @@ async def test_refused_invites_leave_no_per_session_state_behind(server: Running
     assert len(server.recorder._locks) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MediaService.allocate keeps a port it could not bind (held by another process) in "
-    "PortAllocator._in_use for good: ports_in_use counts it as held by a session although no "
-    "session holds it, and the pair never returns to the pool even after the other process "
-    "frees it"))
 async def test_rtp_port_held_by_another_process_is_not_counted_as_ours(
     db_dsn: str, data_dir: Path
 ) -> None:
+    """Regression: MediaService.allocate used to keep a port it could not bind counted as in
+    use, for good."""
     first = free_port_block(6)
     squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with squatter:

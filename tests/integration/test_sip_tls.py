@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from siprec_server.app import RunningServer, start_server
-from siprec_server.config import load_config
+from siprec_server.app import RunningServer
 from siprec_server.sip.message import SipRequest, build_response, parse_address
 from storage import recordings
-from tests.integration.conftest import server_env, sip_address
+from tests.integration.conftest import sip_address
+from tests.integration.test_sip_errors import own_server
 from tests.sip_client import SipTestClient, interop_case
 
 
@@ -88,17 +88,13 @@ async def tls_server(
     db_dsn: str, data_dir: Path, certificate: tuple[Path, Path]
 ) -> AsyncIterator[RunningServer]:
     cert_file, key_file = certificate
-    env = server_env(
+    async with own_server(
         db_dsn, data_dir,
         sip__listen="udp:127.0.0.1:0,tcp:127.0.0.1:0,tls:127.0.0.1:0",
         sip__tls__cert_file=str(cert_file),
         sip__tls__key_file=str(key_file),
-    )
-    srv = await start_server(load_config(env=env))
-    try:
+    ) as srv:
         yield srv
-    finally:
-        await srv.stop()
 
 
 def pinned_context(cert_file: Path) -> ssl.SSLContext:

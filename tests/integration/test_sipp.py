@@ -12,6 +12,7 @@ import asyncio
 import csv
 import re
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,20 @@ import pytest
 from siprec_server.app import RunningServer
 from storage import recordings
 from tests.integration.conftest import sip_address
+from tests.integration.test_sip_errors import own_server
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "sipp_scenarios"
 SIPP = shutil.which("sipp")
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="SIPp not installed (make test installs it)")
+
+
+@pytest.fixture
+async def server(db_dsn: str, data_dir: Path) -> AsyncIterator[RunningServer]:
+    """conftest's server on an RTP port range nobody else on this machine holds: the load run
+    takes ~20 port pairs at a time and must not trip over other processes' sockets."""
+    async with own_server(db_dsn, data_dir, rtp_ports=200) as srv:
+        yield srv
 
 
 @dataclass(frozen=True)
