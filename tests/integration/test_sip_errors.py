@@ -273,7 +273,7 @@ async def test_malformed_datagrams_get_400_or_silence_and_calls_go_on(
             "no start line": b"\r\n\r\nVia: x\r\n\r\n",
             "missing Call-ID": out_of_dialog(src, "OPTIONS", omit=("Call-ID",)),
             "missing Via": out_of_dialog(src, "OPTIONS", omit=("Via",)),
-            # RFC 3261 18.1.1 caps UDP at what fits; this header block is far beyond any limit.
+            # Far beyond any sane header block (the server's limit is 32 KB).
             "64 KB of headers": out_of_dialog(
                 src, "OPTIONS", headers=tuple(("X-Pad", "x" * 1000) for _ in range(64))),
         }
@@ -298,10 +298,10 @@ async def test_malformed_datagrams_get_400_or_silence_and_calls_go_on(
             response = await answer_to(src, data)
             assert response is not None and response.status == 400, case
             assert response.reason, "a 400 says what was wrong"
-        # A CSeq that is not a number cannot be copied into a response: 400 or silence.
+        # A CSeq without a number matches no transaction: a 400 or silence are both fine.
         response = await answer_to(src, out_of_dialog(src, "OPTIONS", cseq="one OPTIONS"), 0.3)
         assert response is None or response.status == 400
-        # SIP/3.0: RFC 3261 8.2.2.1... the version is not supported.
+        # SIP/3.0: 505 Version Not Supported (RFC 3261 21.5.7).
         response = await answer_to(src, out_of_dialog(src, "OPTIONS").replace(
             b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1))
         assert response is not None and response.status == 505
@@ -388,7 +388,7 @@ async def test_offer_without_any_acceptable_stream_gets_488(
     async with SipTestClient("tcp", sip_address(server, "tcp")) as src:
         response, dialog = await src.invite(invite(src, body=multipart(sdp=sdp)))
         assert response.status == 488 and dialog is None
-        assert response.headers.get("Warning"), "RFC 3261 21.4.26: say why in a Warning"
+        assert response.headers.get("Warning"), "say why in a Warning (RFC 3261 20.43)"
     assert await recording_count(server) == 0
     await nothing_held(server)
 
@@ -615,7 +615,8 @@ async def test_reinvite_before_ack_of_previous_2xx_gets_491(server: RunningServe
         src.send(src.request("INVITE", dialog, body=multipart(), content_type=content_type))
         first_cseq = dialog.cseq
         assert (await src.response("INVITE")).status == 200
-        # Not acknowledged yet: a new offer crosses ours (RFC 3261 14.2 glare).
+        # Until its 2xx is acknowledged the previous INVITE transaction is not over: a new
+        # re-INVITE gets 491 Request Pending (RFC 3261 14.2).
         glare = src.request("INVITE", dialog, body=multipart(), content_type=content_type)
         src.send(glare)
         response = await src.response("INVITE")
@@ -673,6 +674,42 @@ async def test_cancelled_invite_gets_487_and_its_recording_fails_as_cancelled(
     row = await wait_for_state(server, f"{call_id}@127.0.0.1", "failed")
     assert row["end_reason"] == "cancelled"
     assert row["answered_at"] is None and row["ended_at"] is not None
+    await nothing_held(server)
+
+
+async def test_bye_while_reinvite_pending_ends_it_with_487_and_frees_its_ports(
+    server: RunningServer,
+) -> None:
+    async with SipTestClient("tcp", sip_address(server, "tcp")) as src:
+        response, dialog = await src.invite(invite(src))
+        assert response.status == 200 and dialog is not None
+        three = TWO_STREAMS_SDP.replace("o=SBC 1 1", "o=SBC 1 2") + (
+            "m=audio 40004 RTP/AVP 0\r\na=label:3\r\na=sendonly\r\n")
+        reinvite = src.request("INVITE", dialog, body=multipart(sdp=three, metadata=None),
+                               content_type=f"multipart/mixed;boundary={BOUNDARY}")
+        # The SBC hangs up while its re-INVITE (a third stream) is still unanswered.
+        src.send(reinvite + src.request("BYE", dialog))
+        finals = [await src.response() for _ in range(2)]
+        assert sorted((f.cseq[1], f.status) for f in finals) == [("BYE", 200), ("INVITE", 487)]
+        src.send(src._ack_error(parse_request(reinvite),
+                                next(f for f in finals if f.cseq[1] == "INVITE")))
+        assert await src.no_message(0.3), "nothing after the 487: no late 200"
+        row = await wait_for_state(server, dialog.call_id, "complete")
+        assert row["end_reason"] == "bye"
+    await nothing_held(server)
+
+
+async def test_retransmitted_invite_makes_one_recording(server: RunningServer) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        request = invite(src)
+        # RFC 3261 17.2.1: a retransmission belongs to the same server transaction.
+        src.send(request)
+        response, dialog = await invite_as_is(src, request)
+        assert response.status == 200 and dialog is not None
+        await asyncio.sleep(0.2)
+        assert len(await recordings.find_by_call_id(server.db, dialog.call_id)) == 1
+        assert (await src.bye(dialog)).status == 200
+        await wait_for_state(server, dialog.call_id, "complete")
     await nothing_held(server)
 
 

@@ -138,8 +138,8 @@ async def test_siprec_call_over_tls_is_recorded(
 async def test_shutdown_hangs_up_over_the_same_tls_connection(
     tls_server: RunningServer, certificate: tuple[Path, Path]
 ) -> None:
-    """A node taken out of service (SIGTERM) ends every session with BYE (RFC 3261 15.1) on
-    the connection the SRC opened: the SRS cannot open TLS connections to an SBC itself."""
+    """A node taken out of service (SIGTERM) ends every session with BYE (RFC 3261 15.1),
+    sent back over the TLS connection the SRC opened."""
     address = sip_address(tls_server, "tls")
     async with TlsSipTestClient(address, pinned_context(certificate[0])) as src:
         response, dialog = await src.invite(interop_case("rfc7866_1"))
