@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
@@ -51,7 +51,7 @@ from tests.sip_client import SipTestClient, interop_case, set_header
 CHEAP = PasswordHashing(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 CUSTOMER = "+442079460000"
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -691,6 +691,11 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
         rid = await _wait_finished(db, dialog.call_id)
         assert [(s, b["status"]) for s, b in answers] == [
             (200, "paused"), (200, "already paused"), (200, "resumed")]
+        from api.openapi import document  # noqa: PLC0415
+        from tests.integration.test_openapi import validate  # noqa: PLC0415
+
+        for _, body in answers:
+            validate(body, {"$ref": "#/components/schemas/CallControl"}, document())
 
         # Found by the customer's number in another spelling, within the agent's scope.
         numbers = await db.fetch("SELECT number FROM participants WHERE recording_id = $1", rid)
@@ -706,18 +711,18 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
         assert 0.8 < pause["start_s"] < 1.4 and 0.8 < pause["end_s"] - pause["start_s"] < 1.3
 
         # Played through the API: each party's tone on its channel, silence while paused.
-        response = await http.request("GET", f"/api/v1/recordings/{rid}/audio", agent)
-        assert response.status == 200
-        ogg = await response.read()
+        played = await http.request("GET", f"/api/v1/recordings/{rid}/audio", agent)
+        assert played.status == 200
+        ogg = await played.read()
         audio, rate = decode_ogg_opus(ogg)
         for channel, freq in ((0, 440), (1, 1000)):
             (before, after) = active_segments(audio[:, channel], rate, freq)
             assert abs(before[1] - pause["start_s"]) < 0.1, (channel, before, pause)
             assert abs(after[0] - pause["end_s"]) < 0.1, (channel, after, pause)
             assert before[0] < 0.1 and after[1] > seconds - 0.2
-        response = await http.request("GET", f"/api/v1/recordings/{rid}/audio", agent,
-                                      headers={"Range": "bytes=100-4195"})
-        assert response.status == 206 and await response.read() == ogg[100:4196]
+        part = await http.request("GET", f"/api/v1/recordings/{rid}/audio", agent,
+                                  headers={"Range": "bytes=100-4195"})
+        assert part.status == 206 and await part.read() == ogg[100:4196]
 
         # A copy of the file taken before the erasure, as a backup would hold it.
         path = Path(await db.fetchval("SELECT file_path FROM recordings WHERE id = $1", rid))
