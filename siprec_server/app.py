@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
 import ssl
@@ -17,7 +18,9 @@ import asyncpg
 from aiohttp import web
 
 from api.app import create_api
-from siprec_server.config import Config, parse_host_port, parse_listen
+from api.auth_api import ensure_bootstrap_admin, setup_identity
+from siprec_server.access import AccessError
+from siprec_server.config import Config, ConfigError, parse_host_port, parse_listen
 from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
@@ -135,6 +138,17 @@ async def start_server(config: Config) -> RunningServer:
     media: MediaService | None = None
     try:
         keys = await open_key_ring(db, data_dir / "keys", node_id)
+        try:
+            bootstrap_password = await ensure_bootstrap_admin(
+                db, config.auth.bootstrap_admin,
+                os.environ.get("SIPREC_BOOTSTRAP_PASSWORD") or None)
+        except AccessError as exc:
+            raise ConfigError(
+                f"auth.bootstrap_admin / SIPREC_BOOTSTRAP_PASSWORD: {exc}") from None
+        if bootstrap_password is not None:
+            # Shown once, on stdout only: never logged.
+            print(f"siprec-server: created administrator {config.auth.bootstrap_admin!r}, "
+                  f"password (shown only now): {bootstrap_password}", flush=True)
         signer = load_or_create_signing_key(data_dir / "keys")
         await recordings.register_signing_key(db, signer.key_id, node_id,
                                               signer.public_key_bytes())
@@ -195,7 +209,9 @@ async def start_server(config: Config) -> RunningServer:
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
         )
         api_host, api_port = parse_host_port(config.api.listen)
-        runner = web.AppRunner(create_api(db=db, recorder=recorder), access_log=None)
+        api = create_api(db=db, recorder=recorder)
+        setup_identity(api, token_ttl_s=config.auth.token_ttl)
+        runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(
             runner,

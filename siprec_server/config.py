@@ -303,6 +303,8 @@ def _validate(config: Config) -> None:
                 ipaddress.ip_address(value)
             except ValueError:
                 raise ConfigError(f"{name}: expected an IP address, got {value!r}") from None
+    if config.auth.token_ttl < 60:
+        raise ConfigError("auth.token_ttl: at least 60 seconds")
     try:
         parse_host_port(config.api.listen)
     except ValueError as exc:

@@ -190,7 +190,9 @@ class MediaService:
                 self._sockets[port] = (self._bind(port), self._bind(port + 1))
                 return port
             except OSError:
-                # Held by someone else: keep it out of the pool (not released) and move on.
+                # Held by another process: back to the end of the pool (it may be free again
+                # by the time it comes round) and try the next pair.
+                self._ports.release(port)
                 self.stats["bind_failures"] += 1
                 log.warning("rtp_port_unavailable", port=port)
         raise PortsExhausted("no bindable RTP port pair found")

@@ -414,6 +414,7 @@ class Recorder:
 
     def _discard(self, txn: str, session: RecordingSession) -> None:
         self._pending.pop(txn, None)
+        self._locks.pop(session.recording_id, None)
         for port in session.ports.values():
             self._ports.release(port)
         session.ports.clear()

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+import uvloop
 
 from storage.database import (
     DEFAULT_MIGRATIONS_DIR,
@@ -106,3 +107,10 @@ async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 pool.terminate()
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """Tests run on uvloop, the loop the server runs on in production (its transports differ
+    from asyncio's in ways that matter, e.g. they are not asyncio.Transport subclasses)."""
+    return uvloop.EventLoopPolicy()

@@ -10,7 +10,7 @@ import asyncio
 import ipaddress
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from siprec_server.config import ListenAddress
 from siprec_server.logs import get_logger
@@ -222,7 +222,8 @@ class _StreamProtocol(asyncio.Protocol):
         self._peer: Peer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TCP/TLS transports are not subclasses of asyncio.Transport: no isinstance.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         connection = self._endpoint._register(transport)
         host, port = transport.get_extra_info("peername")[:2]
