@@ -33,7 +33,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from api.app import DB_KEY, error
+from api.app import DB_KEY, ApiInputError, error, read_json_object
 from api.security import TOKEN_HASH, authenticate, principal_of, require
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
@@ -59,7 +59,6 @@ from storage.audit import AuditEvent, record_audit
 
 __all__ = [
     "IDENTITY_KEY",
-    "ApiInputError",
     "Identity",
     "create_account",
     "ensure_bootstrap_admin",
@@ -69,19 +68,9 @@ __all__ = [
 log = get_logger("api.auth")
 _T = TypeVar("_T")
 
-MAX_JSON_BODY = 64 * 1024
 MAX_AUDIT_PAGE = 500
 DEFAULT_AUDIT_PAGE = 100
 _HASHING_SLOTS = 2  # concurrent argon2 computations (each 64 MiB and a core for ~0.1 s)
-
-
-class ApiInputError(ValueError):
-    """A request this API cannot take: answered with `status` and a JSON error."""
-
-    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass
@@ -247,26 +236,6 @@ def _input_errors(handler: Handler) -> Handler:
     return answering
 
 
-async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ApiInputError("the body is too large", status=413, code="payload_too_large")
-    body = bytearray()
-    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise ApiInputError("the body is too large", status=413, code="payload_too_large")
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiInputError("the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ApiInputError("the body must be a JSON object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ApiInputError(f"unknown fields: {', '.join(unknown)[:200]}")
-    return value
-
-
 def _rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -322,7 +291,7 @@ def _login_refused() -> web.Response:
 
 @_input_errors
 async def login(request: web.Request) -> web.StreamResponse:
-    body = await _json_object(request, frozenset({"username", "password"}))
+    body = await read_json_object(request, frozenset({"username", "password"}))
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise ApiInputError("username and password are required (strings)")
@@ -476,7 +445,7 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 @_input_errors
 async def create_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    body = await _json_object(request, frozenset({"username", "role", "password", "scopes"}))
+    body = await read_json_object(request, frozenset({"username", "role", "password", "scopes"}))
     if "username" not in body or "role" not in body:
         raise ApiInputError("username and role are required")
     identity = request.app[IDENTITY_KEY]
@@ -529,7 +498,7 @@ _PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
 async def update_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     user_id = _user_id(request)
-    body = await _json_object(request, _PATCHABLE)
+    body = await read_json_object(request, _PATCHABLE)
     if not body:
         raise ApiInputError(f"nothing to change; fields: {', '.join(sorted(_PATCHABLE))}")
     changes: dict[str, Any] = {}

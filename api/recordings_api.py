@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from uuid import UUID
 from aiohttp import web
 from multidict import MultiMapping
 
-from api.app import DB_KEY, error
+from api.app import DB_KEY, ApiInputError, error, read_json_object
 from api.metrics import setup_metrics
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
@@ -52,7 +51,6 @@ from storage.verification import verify_recording
 __all__ = [
     "KEYS_KEY",
     "MEDIA_KEY",
-    "ApiInputError",
     "MediaControl",
     "RangeNotSatisfiable",
     "byte_range",
@@ -83,17 +81,6 @@ _SEARCH_PARAMS = frozenset({"participant", "number", "aor", "name", "call_id", "
                             "state", "from", "to", "limit", "cursor", "format"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiInputError(ValueError):
-    """A request these endpoints cannot take: answered with `status` and a JSON error."""
-
-    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request",
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.headers = dict(headers or {})
 
 
 def _answers_errors(handler: Handler) -> Handler:
@@ -492,32 +479,12 @@ async def play_recording(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------------------ erasure
 
 
-async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ApiInputError("the body is too large", status=413, code="payload_too_large")
-    body = bytearray()
-    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise ApiInputError("the body is too large", status=413, code="payload_too_large")
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiInputError("the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ApiInputError("the body must be a JSON object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ApiInputError(f"unknown fields: {', '.join(unknown)[:200]}")
-    return value
-
-
 @require(Permission.DELETE, action="recording.erase")
 @_answers_errors
 async def erase(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
-    body = await _json_object(request, frozenset({"reason"}))
+    body = await read_json_object(request, frozenset({"reason"}), MAX_JSON_BODY)
     reason = body.get("reason")
     if (not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_LENGTH
             or "\x00" in reason):

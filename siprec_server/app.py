@@ -19,6 +19,7 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import ensure_bootstrap_admin, setup_identity
+from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import AccessError
 from siprec_server.config import Config, ConfigError, parse_host_port, parse_listen
 from siprec_server.logs import get_logger
@@ -29,7 +30,7 @@ from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
-from storage import recordings
+from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
 from storage.database import create_pool, migrate
 from storage.embedded_postgres import EmbeddedPostgres
@@ -170,6 +171,11 @@ async def start_server(config: Config) -> RunningServer:
         recovered = await media.recover()
         if recovered:
             log.warning("interrupted_recordings_recovered", count=recovered)
+        for recording_id in await erasure.unfinished_erasures(db):
+            # An erasure a crash interrupted: the key is already gone; finish the rest.
+            await erasure.erase_recording(db, recording_id, actor="system:startup",
+                                          reason="resume interrupted erasure",
+                                          now=datetime.now(UTC))
         closed = await recordings.close_open_recordings(db, node_id, datetime.now(UTC))
         if closed:
             log.warning("open_recordings_closed_at_start", count=len(closed))
@@ -211,6 +217,9 @@ async def start_server(config: Config) -> RunningServer:
         api_host, api_port = parse_host_port(config.api.listen)
         api = create_api(db=db, recorder=recorder)
         setup_identity(api, token_ttl_s=config.auth.token_ttl)
+        api[MEDIA_KEY] = media
+        api[KEYS_KEY] = keys
+        setup_recordings(api)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(

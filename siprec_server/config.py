@@ -160,7 +160,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
                 raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a section")
             table = nested
         table[keys[-1]] = _EnvValue(value, name)
-    config = _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
     _validate(config)
     return config
 
@@ -264,8 +264,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"sip.listen: {exc}") from None
         if address.transport == "tls" and not (sip.tls.cert_file and sip.tls.key_file):
             raise ConfigError("sip.tls.cert_file and sip.tls.key_file are needed for tls listen")
-    for name, value in (("sip.max_sessions", sip.max_sessions), ("sip.retry_after", sip.retry_after)):
-        if value < 0:
+    for name, count in (("sip.max_sessions", sip.max_sessions),
+                        ("sip.retry_after", sip.retry_after)):
+        if count < 0:
             raise ConfigError(f"{name}: must not be negative")
     if sip.min_se < 90:
         raise ConfigError("sip.min_se: RFC 4028 forbids less than 90 seconds")

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 from uuid import UUID
@@ -248,11 +249,11 @@ class MediaService:
             stream = by_index[channel.m_index]
             rtp_sock, rtcp_sock = self._sockets[stream.local_port]
             rtp, _ = await self._loop.create_datagram_endpoint(
-                lambda i=stream.index: _RtpProtocol(media.receive_rtp, i, self._loop.time),
+                partial(_RtpProtocol, media.receive_rtp, stream.index, self._loop.time),
                 sock=rtp_sock,
             )
             rtcp, _ = await self._loop.create_datagram_endpoint(
-                lambda i=stream.index: _RtcpProtocol(media.receive_rtcp, i), sock=rtcp_sock
+                partial(_RtcpProtocol, media.receive_rtcp, stream.index), sock=rtcp_sock
             )
             transports += [rtp, rtcp]
         self._calls[session.recording_id] = _ActiveCall(

@@ -18,7 +18,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from siprec_server.logs import get_logger
-from siprec_server.media.ports import PortAllocator, PortsExhausted
+from siprec_server.media.ports import PortsExhausted
+from siprec_server.numbers import normalize_number
 from siprec_server.sip.events import (
     DialogConfirmed,
     DialogEnded,
@@ -47,6 +48,15 @@ class SipPort(Protocol):
     def end_dialog(self, dialog: str, reason: str = "local") -> None: ...
 
     def dialog_of(self, txn: str) -> str | None: ...
+
+
+class RtpPorts(Protocol):
+    """Where RTP port pairs come from (MediaService binds them; a bare PortAllocator will do
+    for signalling-only use)."""
+
+    def allocate(self) -> int: ...
+
+    def release(self, port: int) -> None: ...
 
 
 class MediaPort(Protocol):
@@ -78,7 +88,7 @@ class Recorder:
         self,
         settings: RecorderSettings,
         db: asyncpg.Pool,
-        ports: PortAllocator,
+        ports: RtpPorts,
         media: MediaPort | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -423,7 +433,8 @@ class Recorder:
     async def _save_state(self, conn: asyncpg.Connection, session: RecordingSession) -> None:
         metadata = session.metadata
         participants = [
-            ParticipantRow(p.id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at, p.present)
+            ParticipantRow(p.id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at, p.present,
+                           normalize_number(p.aor) if p.aor else None)
             for p in (metadata.participants.values() if metadata else ())
         ]
         streams: list[StreamRow] = []

@@ -117,4 +117,4 @@ class _connection:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._conn is not None:
-            await self._db.release(self._conn)  # type: ignore[union-attr]
+            await self._db.release(self._conn)

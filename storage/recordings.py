@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
 
-Executor = asyncpg.Pool | asyncpg.Connection  # both have execute/fetch
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection  # both have execute/fetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,8 @@ class ParticipantRow:
     joined_at: datetime | None
     left_at: datetime | None
     present: bool
+    number: str | None = None
+    """The AOR's phone number, normalised (siprec_server.numbers), for search and scopes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +143,11 @@ async def save_session_state(
     await db.execute("DELETE FROM participants WHERE recording_id = $1", recording_id)
     await db.executemany(
         """INSERT INTO participants (recording_id, participant_id, aor, aor_raw, name,
-                                     joined_at, left_at, present)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                                     joined_at, left_at, present, number)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         [
             (recording_id, p.participant_id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at,
-             p.present)
+             p.present, p.number)
             for p in participants
         ],
     )

@@ -119,20 +119,26 @@ def stereo(left: Int16Array, right: Int16Array) -> Int16Array:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def decode_ogg_opus(data: bytes, decoder: str = "opus") -> tuple[npt.NDArray[np.float32], int]:
+def decode_ogg_opus(
+    data: bytes, decoder: str | None = None
+) -> tuple[npt.NDArray[np.float32], int]:
     """Decode an Ogg Opus byte string (in memory) to float32 (n, channels) in [-1, 1] and rate.
 
     PyAV's Ogg demuxer turns pre-skip and the final granule position into per-packet trimming,
-    as players do. `decoder` picks ffmpeg's own Opus decoder ("opus", the default: what
-    ffmpeg-based players use) or libopus ("libopus", the reference). Known differences, both
-    ffmpeg's: its own decoder can end up to 24 samples (0.5 ms) short on SILK streams, so
-    exact-duration checks want "libopus"; its libopus wrapper reorders 3 to 8 channels as if
-    they were surround even for mapping family 255, so channel-order checks want "opus".
+    as players do. `decoder` picks ffmpeg's own Opus decoder ("opus": what ffmpeg-based players
+    use) or libopus ("libopus", the reference); by default libopus for one or two channels and
+    ffmpeg's own for more. Known differences, all ffmpeg's: its own decoder can end up to 24
+    samples (0.5 ms) short on SILK streams, and on uncoupled two-stream SILK recordings with
+    packet-loss gaps it has been seen to output bursts several times louder than the signal
+    (libopus decodes the same bytes cleanly); its libopus wrapper reorders 3 to 8 channels as if
+    they were surround even for mapping family 255, so channel-order checks there want "opus".
     The rate is Opus's 48 kHz.
     """
     chunks: list[npt.NDArray[np.float32]] = []
     with av.open(io.BytesIO(data), "r", format="ogg") as container:
         stream = container.streams.audio[0]
+        if decoder is None:
+            decoder = "libopus" if stream.codec_context.layout.nb_channels <= 2 else "opus"
         codec = cast(av.AudioCodecContext, av.CodecContext.create(decoder, "r"))
         codec.extradata = stream.codec_context.extradata
         codec.sample_rate = 48_000

@@ -109,8 +109,7 @@ async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
                 pool.terminate()
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
     """Tests run on uvloop, the loop the server runs on in production (its transports differ
     from asyncio's in ways that matter, e.g. they are not asyncio.Transport subclasses)."""
-    return uvloop.EventLoopPolicy()
+    return {"uvloop": uvloop.new_event_loop}

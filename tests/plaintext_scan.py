@@ -7,7 +7,10 @@ from pathlib import Path
 
 from storage.recording_file import MAGIC
 
-SIGNATURES = (b"OggS", b"OpusHead", b"OpusTags", b"RIFF", b"WAVE", b"fLaC", b"ID3")
+SIGNATURES = (b"OggS", b"OpusHead", b"OpusTags")
+"""Found anywhere: an Ogg stream can start at any offset of a file that holds one."""
+FILE_MAGIC = (b"RIFF", b"fLaC", b"ID3", b"\xff\xfb", b".snd")
+"""Found at the start only: short enough to occur by chance inside key files' base64."""
 AUDIO_SUFFIXES = {".wav", ".ogg", ".opus", ".oga", ".raw", ".pcm", ".mp3", ".flac", ".au"}
 
 
@@ -31,4 +34,7 @@ def plaintext_audio_findings(root: Path) -> list[str]:
         for signature in SIGNATURES:
             if signature in data:
                 findings.append(f"{path}: contains {signature!r}")
+        for magic in FILE_MAGIC:
+            if data.startswith(magic):
+                findings.append(f"{path}: starts with {magic!r}")
     return findings

@@ -45,11 +45,11 @@ class SipEndpoint:
                 transport, _ = await self._loop.create_datagram_endpoint(
                     lambda: _UdpProtocol(self), local_addr=(address.host, address.port)
                 )
-                self._udp.append(transport)  # type: ignore[arg-type]
+                self._udp.append(transport)
             else:
                 kind = address.transport
                 server = await self._loop.create_server(
-                    lambda kind=kind: _StreamProtocol(self, kind),  # type: ignore[misc]
+                    self._stream_protocol_factory(kind),
                     address.host,
                     address.port,
                     ssl=tls if kind == "tls" else None,
@@ -185,10 +185,13 @@ class SipEndpoint:
             self.stats["send_failures"] += 1
             log.warning("sip_send_resolve_failed")
             return
-        host, port = infos[0][4][:2]
+        host, port = str(infos[0][4][0]), int(infos[0][4][1])
         self._udp_for(host).sendto(message.data, (host, port))
 
     # ---------------------------------------------------------------- stream connections
+
+    def _stream_protocol_factory(self, kind: str) -> Callable[[], asyncio.Protocol]:
+        return lambda: _StreamProtocol(self, kind)
 
     def _register(self, transport: asyncio.Transport) -> int:
         self._next_connection += 1

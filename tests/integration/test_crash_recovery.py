@@ -46,10 +46,17 @@ class ServerProcess:
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
-        if b"SIP on" not in line:
-            err = await self.proc.stderr.read() if self.proc.stderr else b""  # type: ignore[union-attr]
-            raise AssertionError(f"server did not start: {line!r} {err[-2000:]!r}")
+        seen = b""
+        try:
+            async with asyncio.timeout(30):
+                while b"SIP on" not in (line := await self.proc.stdout.readline()):
+                    seen += line  # e.g. the bootstrap administrator's password, on first start
+                    if not line:
+                        raise EOFError
+        except (TimeoutError, EOFError):
+            self.proc.kill()
+            _out, err = await self.proc.communicate()
+            raise AssertionError(f"server did not start: {seen!r} {err[-2000:]!r}") from None
 
     async def kill(self) -> None:
         assert self.proc is not None
