@@ -198,10 +198,10 @@ async def main() -> None:
                                   tmp / f"gen-{n}.json")
             await asyncio.sleep(2)  # let the server finish the recordings
             totals = await loss_since(dsn, since - 1)
-            gen = step["generator"]
-            sent = gen.get("datagrams_sent") or 0
-            failed = gen.get("failed", n)
-            kept_up = not gen.get("sender", {}).get("fell_behind", True)
+            summary = step["generator"].get("summary", {})
+            sent = summary.get("datagrams_sent") or 0
+            failed = summary.get("failed", n)
+            kept_up = not summary.get("sender_fell_behind", True)
             missing = max(0, sent - totals["received"]) + totals["late"]
             loss = 100.0 * missing / sent if sent else 100.0
             step.update(totals=totals, loss_percent=loss, failed=failed, generator_kept_up=kept_up)
