@@ -104,7 +104,7 @@ class Recorder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self.stats = {"sessions_started": 0, "sessions_rejected": 0, "metadata_errors": 0,
-                      "db_errors": 0}
+                      "db_errors": 0, "media_failures": 0}
 
     # ---------------------------------------------------------------- wiring
 
@@ -240,7 +240,14 @@ class Recorder:
             log.error("recording_update_failed", recording_id=str(session.recording_id),
                       error=repr(exc))
         if self._media is not None:
-            await self._media.start(session)
+            try:
+                await self._media.start(session)
+            except Exception as exc:  # noqa: BLE001 - this session fails, the server goes on
+                self.stats["media_failures"] += 1
+                session.media_failed = True
+                log.error("media_start_failed", recording_id=str(session.recording_id),
+                          error=repr(exc))
+                self.end_session(session, "media setup failed")
 
     # ---------------------------------------------------------------- in-dialog requests
 
@@ -319,7 +326,7 @@ class Recorder:
         if session is None:
             return
         async with self._locks[session.recording_id]:
-            await self._finish(session, "complete", reason)
+            await self._finish(session, "failed" if session.media_failed else "complete", reason)
 
     async def _finish(self, session: RecordingSession, state: str, reason: str) -> None:
         if session.state is SessionState.ENDED:

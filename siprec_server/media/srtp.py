@@ -207,6 +207,12 @@ def _build_transform(
     return _LibsrtpTransform(suite, key_salt, inbound=inbound)
 
 
+def receivable(suite: SrtpSuite, *, mki: bool, unencrypted_srtcp: bool) -> bool:
+    """Whether this module can receive the suite with these SDES parameters (pylibsrtp 1.0 has
+    neither MKI nor UNENCRYPTED_SRTCP, and only our AES-CM transform stands in for it)."""
+    return suite.cipher == "aes-cm" or not (mki or unencrypted_srtcp)
+
+
 class SrtpReceiver:
     """Unprotects the SRTP and SRTCP packets of one received media stream, any SSRC in it."""
 

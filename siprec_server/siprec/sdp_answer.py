@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from siprec_server.media.srtp import receivable
 from siprec_server.media.srtp_suites import SUITES, SrtpSuite, find_suite
 from siprec_server.siprec.sdp import (
     Codec,
@@ -241,7 +242,12 @@ def _choose_audio_codec(media: MediaDescription, prefs: AnswerPreferences) -> Co
 def _choose_crypto(media: MediaDescription, prefs: AnswerPreferences) -> CryptoAttribute | None:
     allowed = {suite for suite in map(find_suite, prefs.srtp_suites) if suite is not None}
     for crypto in media.crypto:
-        if crypto.usable and crypto.suite in allowed:
+        if (
+            crypto.usable
+            and crypto.suite in allowed
+            and receivable(crypto.suite, mki=crypto.mki is not None,
+                           unencrypted_srtcp=crypto.unencrypted_srtcp)
+        ):
             return crypto
     return None
 

@@ -50,6 +50,8 @@ class RecordingSession:
     sdp_session_id: int = field(default_factory=lambda: secrets.randbelow(2**31))
     sdp_version: int = 0
     end_reason: str | None = None
+    media_failed: bool = False
+    """The media could not be set up after the answer; the session ends as failed."""
 
     def transition(self, new: SessionState) -> None:
         if new not in _ALLOWED[self.state]:

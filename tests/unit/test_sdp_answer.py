@@ -459,6 +459,22 @@ def test_first_usable_crypto_line_is_chosen_in_offer_order() -> None:
     assert not srtp.unencrypted_srtcp
 
 
+def test_gcm_lines_we_cannot_receive_are_skipped_for_a_receivable_one() -> None:
+    """pylibsrtp has neither MKI nor UNENCRYPTED_SRTCP for GCM: answering such a line would
+    accept a stream that could never be decrypted."""
+    key28 = bytes(range(28))
+    negotiation = answer(
+        srtp_offer(
+            f"1 AEAD_AES_128_GCM inline:{b64(key28)}|2^31|1:4",
+            f"2 AEAD_AES_128_GCM inline:{b64(key28)} UNENCRYPTED_SRTCP",
+            f"3 AES_CM_128_HMAC_SHA1_80 inline:{b64(KEY30)}|2^31|1:4",
+        ),
+        random_bytes=counter_bytes(),
+    )
+    (line,) = answer_crypto_lines(negotiation)
+    assert line.startswith("3 AES_CM_128_HMAC_SHA1_80 ")
+
+
 def test_aes_cm_256_spelling_is_echoed_as_offered() -> None:
     key = bytes(range(46))
     negotiation = answer(srtp_offer(f"1 AES_CM_256_HMAC_SHA1_80 inline:{b64(key)}"))
