@@ -20,9 +20,11 @@ Hypothesis runs in a worker thread and hands each request to the server's event 
 server keeps serving while examples are generated. Derandomized, no example database, no
 shrinking: the same inputs every run and a bounded run time.
 
-Request lines and header lines stay under aiohttp's 8190-byte parser limit (URL_TEXT_MAX):
-longer ones never reach the application — see
-test_an_overlong_request_line_gets_a_json_error, a strict xfail.
+Request lines and header lines stay under aiohttp's 8190-byte parser limit
+(REQUEST_TARGET_MAX): longer ones never reach the application — see
+test_an_overlong_request_line_gets_a_json_error. The server bugs found so far are reproduced by
+strict xfail tests at the end of this module; until each is fixed, KNOWN_BUGS lets a fuzzed
+request that meets it get its 500 without failing the fuzz run.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ TIMEOUT_S = 5.0
 EXAMPLES = 60
 GENERAL_STATUSES = frozenset({401, 403, 404, 405, 413, 416, 429})
 METHODS = ("get", "post", "put", "patch", "delete")
-URL_TEXT_MAX = 2000
+URL_TEXT_MAX = 500  # characters; percent-encoded, one can take 12 bytes of the request line
 REQUEST_TARGET_MAX = 7000  # a request line over 8190 bytes is refused by aiohttp's parser itself
 BODY_TEXT_MAX = 10_000
 LOGIN_USER = "fuzz-login"
@@ -293,7 +295,7 @@ def hostile_text(*, in_url: bool) -> st.SearchStrategy[str]:
         st.text(URL_CHARACTERS if in_url else st.characters(), max_size=64),
         # A lone surrogate survives JSON (as \\ud800) but no UTF-8 encoder.
         st.text(URL_CHARACTERS, max_size=64) if in_url else st.just("\ud800x"),
-        long_text(URL_TEXT_MAX // 4 if in_url else BODY_TEXT_MAX),
+        long_text(URL_TEXT_MAX if in_url else BODY_TEXT_MAX),
     )
 
 
