@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
+
+from siprec_server.logs import get_logger
+
+log = get_logger("api")
 
 DB_KEY = web.AppKey("db", asyncpg.Pool)
 RECORDER_KEY = web.AppKey("recorder", object)
@@ -48,6 +53,8 @@ async def read_json_object(
         raise ApiInputError("the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiInputError("the body must be a JSON object")
+    if not _storable(value):
+        raise ApiInputError("text must be valid Unicode without NUL characters")
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise ApiInputError(f"unknown fields: {', '.join(unknown)[:200]}")
@@ -66,8 +73,57 @@ async def healthz(request: web.Request) -> web.Response:
                               "database": database}, status=status)
 
 
+def storable_text(text: str) -> bool:
+    """Text PostgreSQL, argon2 and the logs can take: no NUL, no lone surrogates (JSON's \\ud800
+    escapes and percent-decoding can produce both)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable(value: object) -> bool:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
+
+
+_TIMESTAMP_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
+def parse_timestamp(name: str, text: str) -> datetime:
+    """An RFC 3339 timestamp from a query parameter, with a zone, within what is storable."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiInputError(f"{name}: expected an RFC 3339 timestamp") from None
+    if value.tzinfo is None:
+        raise ApiInputError(f"{name}: the timestamp needs a time zone (Z or +hh:mm)")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ApiInputError(f"{name}: out of range") from None
+    if not _TIMESTAMP_RANGE[0] <= value < _TIMESTAMP_RANGE[1]:
+        raise ApiInputError(f"{name}: out of range (1970 to 8999)")
+    return value
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error is JSON: bad text in the path or query is refused before any handler, and an
+    unexpected failure is logged (without the request's values) and answered 500."""
+    if not all(storable_text(v) for v in request.match_info.values()):
+        # No recording, user or call has such an id.
+        return error(404, "not_found", "no such resource")
+    if not all(storable_text(v) for v in request.query.values()):
+        return error(400, "bad_request", "text must be valid Unicode without NUL characters")
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -75,6 +131,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except ApiInputError as exc:
+        return error(exc.status, exc.code, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the client gets JSON, the log gets the kind
+        log.error("api_request_failed", route=request.match_info.route.resource.canonical
+                  if request.match_info.route.resource else "?", error=type(exc).__name__)
+        return error(500, "internal_error", "the request could not be completed")
 
 
 def create_api(*, db: asyncpg.Pool, recorder: object) -> web.Application:

@@ -33,7 +33,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from api.app import DB_KEY, ApiInputError, error, read_json_object
+from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
 from api.security import TOKEN_HASH, authenticate, principal_of, require
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
@@ -593,16 +593,6 @@ _AUDIT_FILTERS = ("actor", "action", "target", "outcome")
 _AUDIT_PARAMS = frozenset({*_AUDIT_FILTERS, "from", "to", "limit", "cursor", "order"})
 
 
-def _timestamp(name: str, text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiInputError(f"{name}: expected an RFC 3339 timestamp") from None
-    if value.tzinfo is None:
-        raise ApiInputError(f"{name}: the timestamp needs a time zone (Z or +hh:mm)")
-    return value
-
-
 def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[str, str]]:
     """SQL, parameters, page size and the filters as given, from the query string."""
     unknown = sorted(set(query) - _AUDIT_PARAMS)
@@ -631,10 +621,10 @@ def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[st
             params.append(value)
             where.append(f"{name} = ${len(params)}")
     if "from" in given:
-        params.append(_timestamp("from", given["from"]))
+        params.append(parse_timestamp("from", given["from"]))
         where.append(f"at >= ${len(params)}")
     if "to" in given:
-        params.append(_timestamp("to", given["to"]))
+        params.append(parse_timestamp("to", given["to"]))
         where.append(f"at < ${len(params)}")
     order = given.get("order", "desc")
     if order not in ("asc", "desc"):

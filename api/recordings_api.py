@@ -32,7 +32,7 @@ from uuid import UUID
 from aiohttp import web
 from multidict import MultiMapping
 
-from api.app import DB_KEY, ApiInputError, error, read_json_object
+from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
 from api.metrics import setup_metrics
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
@@ -149,15 +149,7 @@ def _single(params: MultiMapping[str], name: str) -> str | None:
 
 
 def _timestamp(name: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiInputError(f"{name}: expected an RFC 3339 timestamp") from None
-    if value.tzinfo is None:
-        raise ApiInputError(f"{name}: the timestamp needs a time zone (Z or +hh:mm)")
-    return value
+    return None if text is None else parse_timestamp(name, text)
 
 
 def _aor(text: str) -> str:
@@ -284,15 +276,20 @@ async def _export_csv(request: web.Request, principal: Principal,
                      details={"filters": query.filter_kinds, "exported": exported,
                               "format": "csv"})
 
+    page_query = dataclasses.replace(
+        query, limit=CSV_BATCH if cap is None else min(CSV_BATCH, cap))
+    # The first page is read before the status goes out: a query that cannot run is answered
+    # with an error, not with a 200 whose body breaks off.
+    page = await search.search_recordings(request.app[DB_KEY], page_query, _scope(principal))
     try:
         await response.prepare(request)
         await response.write(_csv_text([list(CSV_COLUMNS)]))
-        page_query = query
         while True:
-            batch = CSV_BATCH if cap is None else min(CSV_BATCH, cap - exported)
-            page_query = dataclasses.replace(page_query, limit=batch)
-            page = await search.search_recordings(request.app[DB_KEY], page_query,
-                                                  _scope(principal))
+            if exported:
+                batch = CSV_BATCH if cap is None else min(CSV_BATCH, cap - exported)
+                page_query = dataclasses.replace(page_query, limit=batch)
+                page = await search.search_recordings(request.app[DB_KEY], page_query,
+                                                      _scope(principal))
             if page.items:
                 await response.write(_csv_text([_csv_row(item) for item in page.items]))
             exported += len(page.items)

@@ -47,6 +47,9 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # aiohttp's protocol layer logs malformed requests with their raw bytes (tokens, searched
+    # numbers); handler failures are caught and logged without values by api.app.json_errors.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

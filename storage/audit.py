@@ -34,6 +34,14 @@ class AuditEvent:
     details: Mapping[str, Any] | None = None
 
 
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text holds no NUL and no lone surrogate; whatever a caller passes, the event
+    is recorded (with those characters replaced) rather than lost."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def _event_bytes(at: datetime, event: AuditEvent) -> bytes:
     record = {
         "at": at.astimezone(UTC).isoformat(),
@@ -56,6 +64,14 @@ async def record_audit(
 ) -> int:
     """Append one event; returns its sequence number."""
     at = (at or datetime.now(UTC)).astimezone(UTC)
+    event = AuditEvent(
+        actor=_storable(event.actor) or "",
+        action=_storable(event.action) or "",
+        outcome=_storable(event.outcome) or "",
+        target=_storable(event.target),
+        source=_storable(event.source),
+        details=json.loads(_storable(json.dumps(dict(event.details or {}), ensure_ascii=False)) or "{}"),
+    )
     details = json.dumps(dict(event.details or {}), sort_keys=True)
     async with _connection(db) as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

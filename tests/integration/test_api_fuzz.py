@@ -22,9 +22,9 @@ shrinking: the same inputs every run and a bounded run time.
 
 Request lines and header lines stay under aiohttp's 8190-byte parser limit
 (REQUEST_TARGET_MAX): longer ones never reach the application — see
-test_an_overlong_request_line_gets_a_json_error. The server bugs found so far are reproduced by
-strict xfail tests at the end of this module; until each is fixed, KNOWN_BUGS lets a fuzzed
-request that meets it get its 500 without failing the fuzz run.
+test_an_overlong_request_line_gets_a_json_error. The server bugs the fuzz found (NUL and lone
+surrogates reaching PostgreSQL and argon2, timestamps PostgreSQL cannot hold, a CSV export that
+answered 200 before its query ran) are pinned by the regression tests at the end of this module.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import operator
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -647,69 +647,6 @@ def check(op: Operation, doc: Mapping[str, Any], plan: Plan, answer: Answer) -> 
         validate(parsed, content["application/json"]["schema"], dict(doc), where)
 
 
-# ------------------------------------------------------------------------------ known bugs
-# Each is reproduced by a strict xfail test at the end of this module. While it stands, a fuzzed
-# request that meets it may get the 500 (or the cut-short body) it causes — it is still sent, and
-# must neither hang nor harm the requests after it. Once the bug is fixed, its xfail test passes,
-# fails the run as strict, and its entry here goes with the mark.
-
-
-def _strings(value: Json) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item)
-
-
-def _body_strings(plan: Plan) -> list[str]:
-    try:
-        return list(_strings(json.loads(plan.body or b"")))
-    except (ValueError, RecursionError):
-        return []
-
-
-def nul_in_the_path(op: Operation, plan: Plan) -> bool:
-    """test_a_denied_request_with_nul_in_its_path_gets_403"""
-    return "%00" in plan.path
-
-
-def unstorable_text_in_the_body(op: Operation, plan: Plan) -> bool:
-    """test_text_postgres_cannot_store_in_a_json_body_gets_400"""
-    return any("\x00" in text or any("\ud800" <= c <= "\udfff" for c in text)
-               for text in _body_strings(plan))
-
-
-def nul_in_an_audit_filter(op: Operation, plan: Plan) -> bool:
-    """test_nul_in_an_audit_filter_gets_400"""
-    return op.template == "/api/v1/audit" and any("\x00" in v for _, v in plan.query)
-
-
-def out_of_range_timestamp(op: Operation, plan: Plan) -> bool:
-    """test_timestamps_postgres_cannot_hold_get_400"""
-    for name, value in plan.query:
-        if name in ("from", "to"):
-            try:
-                datetime.fromisoformat(value).astimezone(UTC)
-            except OverflowError:
-                return True
-            except ValueError:
-                pass
-    return False
-
-
-KNOWN_BUGS: tuple[Callable[[Operation, Plan], bool], ...] = (
-    nul_in_the_path,
-    unstorable_text_in_the_body,
-    nul_in_an_audit_filter,
-    out_of_range_timestamp,
-)
-
-
 # ------------------------------------------------------------------------------ the fuzz
 
 FUZZ = settings(
@@ -737,9 +674,6 @@ async def fuzz_operation(world: World, method: str, template: str) -> Counter[in
         future = asyncio.run_coroutine_threadsafe(send(world, op, plan), loop)
         answer = future.result(timeout=TIMEOUT_S + 5)
         seen[answer.status] += 1
-        if ((answer.status == 500 or answer.broken)
-                and any(bug(op, plan) for bug in KNOWN_BUGS)):
-            return
         try:
             check(op, doc, plan, answer)
         except AssertionError as exc:
@@ -786,11 +720,8 @@ def statuses(answers: Mapping[str, Answer]) -> dict[str, int]:
     return {name: answer.status for name, answer in answers.items()}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/security.py audit_denied (line ~131) stores the raw path parameter as the audit "
-    "target; PostgreSQL refuses NUL in text, the INSERT raises and json_errors (api/app.py "
-    "~71) lets it through as aiohttp's text/plain 500"))
-async def test_a_denied_request_with_nul_in_its_path_gets_403(world: World) -> None:
+async def test_a_request_with_nul_in_its_path_gets_404_json(world: World) -> None:
+    """No resource has such an id: 404 before any handler, so nothing reaches the database."""
     answers = {
         "agent GET users/{id}": await call(world, "GET", "/api/v1/users/%00", "agent"),
         "auditor DELETE recordings/{id}": await call(
@@ -799,17 +730,11 @@ async def test_a_denied_request_with_nul_in_its_path_gets_403(world: World) -> N
         "auditor POST calls/{ref}/pause": await call(
             world, "POST", "/api/v1/calls/%00/pause", "auditor"),
     }
-    assert statuses(answers) == dict.fromkeys(answers, 403)
+    assert statuses(answers) == dict.fromkeys(answers, 404)
     for where, answer in answers.items():
         error_shape(where, answer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/app.py read_json_object accepts JSON strings holding lone surrogates (\\ud800) and "
-    "the handlers pass them and NUL on: asyncpg cannot encode a surrogate (login: "
-    "storage/users.py find_user_by_name; erasure: storage/erasure.py line ~132), argon2 cannot "
-    "hash one (siprec_server/access.py hash/verify), PostgreSQL refuses NUL (login username) "
-    "— each a text/plain 500"))
 async def test_text_postgres_cannot_store_in_a_json_body_gets_400(world: World) -> None:
     victim = world.pools.victim_ids[0]
     doomed = world.pools.erasable_ids[-1]
@@ -840,9 +765,6 @@ async def test_text_postgres_cannot_store_in_a_json_body_gets_400(world: World) 
         error_shape(where, answer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/auth_api.py _audit_query (line ~606) checks the length of actor/action/target/"
-    "outcome but not NUL, which PostgreSQL refuses in a text parameter: text/plain 500"))
 async def test_nul_in_an_audit_filter_gets_400(world: World) -> None:
     answers = {name: await call(world, "GET", f"/api/v1/audit?{name}=a%00b", "auditor")
                for name in ("actor", "action", "target", "outcome")}
@@ -851,10 +773,6 @@ async def test_nul_in_an_audit_filter_gets_400(world: World) -> None:
         error_shape(where, answer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_timestamp in api/auth_api.py (~596) and api/recordings_api.py (~151) accept any "
-    "datetime.fromisoformat value; one whose UTC instant falls outside year 1..9999 makes "
-    "asyncpg raise OverflowError/DataError: text/plain 500 (and a cut-short 200 for CSV)"))
 async def test_timestamps_postgres_cannot_hold_get_400(world: World) -> None:
     early, late = "0001-01-01T00:00:00%2B14:00", "9999-12-31T23:59:59-14:00"
     answers = {
@@ -868,10 +786,6 @@ async def test_timestamps_postgres_cannot_hold_get_400(world: World) -> None:
         error_shape(where, answer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/recordings_api.py _export_csv (line ~287) sends 200 and the header row before its "
-    "first query; when that query fails (here an out-of-range timestamp) the client gets a "
-    "chunked body cut short instead of an error status"))
 async def test_a_csv_export_that_cannot_run_answers_with_an_error_not_a_cut_short_200(
     world: World
 ) -> None:
