@@ -240,7 +240,8 @@ async def start_server(config: Config) -> RunningServer:
     server = RunningServer(config, db, cluster, sip, recorder, media, runner, api_address, bound)
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
-    log.info("api_listening", address=f"http://{api_address[0]}:{api_address[1]}")
+    scheme = "https" if config.api.tls.cert_file else "http"
+    log.info("api_listening", address=f"{scheme}://{api_address[0]}:{api_address[1]}")
     return server
 
 
