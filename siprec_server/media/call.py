@@ -67,7 +67,6 @@ class StreamCounters:
     srtp_replays: int = 0
     srtp_other_failures: int = 0
     rtcp_packets: int = 0
-    bytes_received: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +161,6 @@ class CallMedia:
         if stream is None:
             return
         self.last_packet = now
-        counters = stream.counters
-        counters.bytes_received += len(data)
         if stream.spec.rtcp_mux and len(data) > 1 and 192 <= data[1] <= 223:
             self._rtcp(stream, data)
             return
@@ -171,7 +168,7 @@ class CallMedia:
             try:
                 data = stream.srtp.unprotect_rtp(data)
             except SrtpError as exc:
-                _count_srtp_failure(counters, exc)
+                _count_srtp_failure(stream.counters, exc)
                 return
         if self._origin is None:
             self._origin = now

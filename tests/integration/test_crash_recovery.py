@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from siprec_server.siprec.sdp import parse_sdp
+from siprec_server.tools.siprec_client import encode_ulaw
 from storage.database import create_pool
 from storage.keys import LocalKeyStore
 from storage.playback import read_all
 from tests.audio import active_segments, decode_ogg_opus, tone
 from tests.integration.conftest import server_env
-from tests.integration.test_recording import send_rtp, ulaw
+from tests.integration.test_recording import send_rtp
 from tests.sip_client import SipTestClient, interop_case
 
 PYTHON = sys.executable
@@ -100,7 +101,7 @@ async def test_sigkill_mid_call_leaves_an_interrupted_recording_that_verifies(
     server = ServerProcess(process_env)
     await server.start()
     try:
-        frames = [ulaw(f) for f in np.split(tone(440, 4.0, 8000), 200)]
+        frames = [encode_ulaw(f) for f in np.split(tone(440, 4.0, 8000), 200)]
         async with SipTestClient("udp", ("127.0.0.1", sip_port)) as src:
             response, dialog = await src.invite(interop_case("oracle_acme_1"))
             assert response.status == 200 and dialog is not None

@@ -9,28 +9,17 @@ import socket
 import struct
 from pathlib import Path
 
-import numpy as np
-
 from siprec_server.app import RunningServer, start_server
 from siprec_server.config import load_config
 from siprec_server.sip.message import SipRequest, build_response
 from siprec_server.siprec.sdp import parse_sdp
+from siprec_server.tools.siprec_client import encode_ulaw
 from storage import recordings
 from storage.playback import read_all
 from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
 from tests.integration.conftest import server_env, sip_address
 from tests.integration.test_interop import wait_for_state
 from tests.sip_client import SipTestClient, interop_case
-
-
-def ulaw(pcm: np.ndarray) -> bytes:
-    """G.711 μ-law encoder (ITU-T G.711 segment encoding)."""
-    x = pcm.astype(np.int32)
-    sign = (x < 0).astype(np.int32) << 7
-    mag = np.minimum(np.abs(x), 32635) + 132
-    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
-    mantissa = (mag >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
 
 
 async def send_rtp(port: int, payloads: list[bytes], pt: int, *, ssrc: int,
@@ -57,8 +46,8 @@ async def test_two_party_call_is_recorded_on_two_channels(server: RunningServer)
     seconds = 2.0
     left = tone(440, seconds, 8000)
     right = tone(1000, seconds, 8000)
-    frames_l = [ulaw(left[i : i + 160]) for i in range(0, len(left), 160)]
-    frames_r = [ulaw(right[i : i + 160]) for i in range(0, len(right), 160)]
+    frames_l = [encode_ulaw(left[i : i + 160]) for i in range(0, len(left), 160)]
+    frames_r = [encode_ulaw(right[i : i + 160]) for i in range(0, len(right), 160)]
     async with SipTestClient("udp", sip_address(server, "udp")) as src:
         response, dialog = await src.invite(interop_case("oracle_acme_1"))
         assert response.status == 200 and dialog is not None

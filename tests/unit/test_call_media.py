@@ -12,19 +12,11 @@ from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.srtp import srtp_sender
 from siprec_server.media.srtp_suites import find_suite
+from siprec_server.tools.siprec_client import encode_ulaw
 from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
 
 PCMU = {0: RtpCodec("PCMU", 8000), 101: RtpCodec("telephone-event", 8000)}
 T0 = 1000.0  # the caller's clock at the first packet
-
-
-def ulaw(pcm: np.ndarray) -> bytes:
-    x = pcm.astype(np.int32)
-    sign = (x < 0).astype(np.int32) << 7
-    mag = np.minimum(np.abs(x), 32635) + 132
-    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
-    mantissa = (mag >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
 
 
 def rtp(seq: int, ts: int, ssrc: int, payload: bytes, pt: int = 0, marker: bool = False) -> bytes:
@@ -71,7 +63,7 @@ def tone_packets(index: int, freq: float, start: float, seconds: float, *, ssrc:
     pcm = tone(freq, seconds, 8000)
     out = []
     for n in range(int(seconds * 50)):
-        data = rtp(seq0 + n, ts0 + 160 * n, ssrc, ulaw(pcm[n * 160 : (n + 1) * 160]), marker=n == 0)
+        data = rtp(seq0 + n, ts0 + 160 * n, ssrc, encode_ulaw(pcm[n * 160 : (n + 1) * 160]), marker=n == 0)
         if sender is not None:
             data = sender.protect_rtp(data)
         out.append((start + n * 0.02, index, data))
