@@ -4,9 +4,8 @@ written by hand — the format is a few lines of text and needs no client librar
 What is exported and where it comes from:
 - calls: the recorder's live session count and its event counters; SIP message counters
   (parse errors among them) from the SIP agent; transport and media service error counters.
-- RTP: packets received and lost and SRTP failures of the recordings this process finished,
-  summed from their stored stream statistics (streams.stats). A call's packets are counted when
-  it ends — live calls keep their counters inside their media pipeline.
+- RTP: packets received and lost and SRTP failures of every call this process recorded, live
+  calls included (MediaService.packet_totals).
 - recordings by state: one GROUP BY over the recordings table, cached for a few seconds.
 - the API itself: requests and a latency histogram by route template, method and status
   (never by raw path: a path can carry a searched-for number or a Call-ID).
@@ -23,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -45,8 +44,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 STATE_CACHE_S = 5.0
 # A recording's start time is read before its row is inserted; recordings that started this long
 # before the oldest open one are surely finished and final.
-_FOLD_MARGIN = timedelta(seconds=60)
-_OPEN_STATES = ("offered", "recording")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,27 +110,6 @@ class _Histogram:
 # ------------------------------------------------------------------------------ collector
 
 
-@dataclass(slots=True)
-class _MediaTotals:
-    """Packet counters of the recordings this process finished, folded incrementally so that a
-    scrape never re-reads more than the recordings since the oldest open call."""
-
-    node_id: str
-    folded_until: datetime
-    folded: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-
-_STREAM_SUMS = """
-    SELECT coalesce(sum((s.stats->>'packets_received')::bigint), 0) AS packets_received,
-           coalesce(sum((s.stats->>'packets_lost')::bigint), 0) AS packets_lost,
-           coalesce(sum((s.stats->>'srtp_auth_failures')::bigint), 0) AS srtp_auth_failures,
-           coalesce(sum((s.stats->>'srtp_replays')::bigint), 0) AS srtp_replays,
-           coalesce(sum((s.stats->>'srtp_other_failures')::bigint), 0) AS srtp_other_failures
-    FROM recordings r JOIN streams s ON s.recording_id = r.id
-    WHERE r.node_id = $1 AND r.started_at >= $2 AND r.started_at < $3
-      AND r.state <> ALL($4::text[])"""
-
-
 class Metrics:
     """Request observations and cached database figures of one API application."""
 
@@ -145,7 +121,6 @@ class Metrics:
         self._requests: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
         self._states: dict[str, int] = {}
         self._states_at = -math.inf
-        self._media: _MediaTotals | None = None
         self._media_now: dict[str, int] = {}
         self._exported: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -153,38 +128,19 @@ class Metrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests[(route, method, str(status))].observe(seconds)
 
-    async def refresh(self, db: asyncpg.Pool, node_id: str | None) -> None:
-        """Re-read the database figures when the cached ones are older than STATE_CACHE_S."""
+    async def refresh(self, db: asyncpg.Pool) -> None:
+        """Live packet counters from the media service; the database's recordings by state
+        re-read when the cached figures are older than STATE_CACHE_S."""
+        media = self._media_service()
+        if media is not None and hasattr(media, "packet_totals"):
+            self._media_now = media.packet_totals()
         async with self._lock:
             now = time.monotonic()
             if now - self._states_at < STATE_CACHE_S:
                 return
             rows = await db.fetch("SELECT state, count(*) AS n FROM recordings GROUP BY state")
             self._states = {row["state"]: row["n"] for row in rows}
-            if node_id is not None:
-                self._media_now = await self._media_sums(db, node_id)
             self._states_at = now
-
-    async def _media_sums(self, db: asyncpg.Pool, node_id: str) -> dict[str, int]:
-        if self._media is None or self._media.node_id != node_id:
-            self._media = _MediaTotals(node_id, self.started)
-        totals = self._media
-        now = datetime.now(UTC)
-        oldest_open = await db.fetchval(
-            """SELECT min(started_at) FROM recordings
-               WHERE node_id = $1 AND state = ANY($2::text[]) AND started_at >= $3""",
-            node_id, list(_OPEN_STATES), totals.folded_until,
-        )
-        horizon = min(oldest_open or now, now) - _FOLD_MARGIN
-        if horizon > totals.folded_until:
-            row = await db.fetchrow(_STREAM_SUMS, node_id, totals.folded_until, horizon,
-                                    list(_OPEN_STATES))
-            for key, value in dict(row).items():
-                totals.folded[key] += int(value)
-            totals.folded_until = horizon
-        tail = await db.fetchrow(_STREAM_SUMS, node_id, totals.folded_until,
-                                 now + timedelta(days=1), list(_OPEN_STATES))
-        return {key: totals.folded[key] + int(value) for key, value in dict(tail).items()}
 
     def _counter(self, key: str, value: int) -> int:
         # A call between "media closed" and "state stored" is briefly in neither sum; a
@@ -208,17 +164,17 @@ class Metrics:
 
         rtp = [
             ("siprec_rtp_packets_received_total", "packets_received",
-             "RTP packets received by the recordings this process finished."),
+             "RTP packets received by the calls this process recorded."),
             ("siprec_rtp_packets_lost_total", "packets_lost",
-             "RTP packets lost (RFC 3550 A.3) in the recordings this process finished."),
+             "RTP packets lost (RFC 3550 A.3) in the calls this process recorded."),
         ]
         for name, key, text in rtp:
             family = _Family(name, "counter", text)
             family.add(self._counter(key, self._media_now.get(key, 0)))
             out.append(family)
         srtp = _Family("siprec_srtp_failures_total", "counter",
-                       "SRTP/SRTCP packets refused, by reason, in the recordings this process "
-                       "finished.")
+                       "SRTP/SRTCP packets refused, by reason, in the calls this process "
+                       "recorded.")
         for reason, key in (("auth", "srtp_auth_failures"), ("replay", "srtp_replays"),
                             ("other", "srtp_other_failures")):
             srtp.add(self._counter(key, self._media_now.get(key, 0)), reason=reason)
@@ -307,12 +263,10 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     recorder = request.app.get(RECORDER_KEY)
-    settings = getattr(recorder, "settings", None)
-    node_id = getattr(settings, "node_id", None)
     # Without the database the in-process counters still say something, and the cache
     # keeps the last figures.
     with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
-        await metrics.refresh(request.app[DB_KEY], node_id if isinstance(node_id, str) else None)
+        await metrics.refresh(request.app[DB_KEY])
     text = exposition(metrics.families(recorder))
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +24,14 @@ from uuid import UUID
 import asyncpg
 
 from siprec_server.logs import get_logger
-from siprec_server.media.call import CallMedia, MediaReport, SrtpSpec, StreamSpec, recording_rate
+from siprec_server.media.call import (
+    CallMedia,
+    MediaReport,
+    SrtpSpec,
+    StreamReport,
+    StreamSpec,
+    recording_rate,
+)
 from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator, PortsExhausted
@@ -179,6 +187,7 @@ class MediaService:
         self._loop = asyncio.get_running_loop()
         self._ticker: asyncio.Task[None] | None = None
         self.stats = {"bind_failures": 0, "tick_errors": 0, "calls_failed": 0}
+        self._finished_packets: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- ports (the recorder's)
 
@@ -298,6 +307,8 @@ class MediaService:
             return
         finally:
             call.file.close()
+        for stream in report.streams:
+            self._finished_packets.update(_packet_counts(stream))
         await self._store_result(
             session.recording_id, session.call_id, session.started_at, datetime.now(UTC),
             call.channels, summary, report, recovered=False,
@@ -314,6 +325,14 @@ class MediaService:
     def resume(self, recording_id: UUID, source: str) -> bool | None:
         call = self._calls.get(recording_id)
         return None if call is None else call.media.resume(self._loop.time(), source)
+
+    def packet_totals(self) -> dict[str, int]:
+        """Packet counters of every call this process recorded, live calls included."""
+        totals = Counter(self._finished_packets)
+        for call in self._calls.values():
+            for stream in call.media.stream_reports():
+                totals.update(_packet_counts(stream))
+        return dict(totals)
 
     def active(self, recording_id: UUID) -> CallMedia | None:
         call = self._calls.get(recording_id)
@@ -480,6 +499,18 @@ def _stream_stats(stream: Any) -> dict[str, int]:
         "srtp_other_failures": counters.srtp_other_failures,
         "rtcp_packets": counters.rtcp_packets,
         "dtmf_events": stats.dtmf_events,
+    }
+
+
+def _packet_counts(stream: StreamReport) -> dict[str, int]:
+    stats, counters = stream.stats, stream.counters
+    return {
+        "packets_received": stats.received,
+        "packets_lost": stats.lost,
+        "late": stats.late,
+        "srtp_auth_failures": counters.srtp_auth_failures,
+        "srtp_replays": counters.srtp_replays,
+        "srtp_other_failures": counters.srtp_other_failures,
     }
 
 

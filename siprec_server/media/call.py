@@ -326,12 +326,16 @@ class CallMedia:
             self.closed = True
         return MediaReport(
             duration=self._pulled,
-            streams=tuple(
-                StreamReport(s.spec.index, s.spec.channel, s.timeline.stats, s.counters)
-                for s in self._streams.values()
-            ),
+            streams=self.stream_reports(),
             pauses=tuple(self._pauses),
             dtmf_events=self._dtmf_count,
+        )
+
+    def stream_reports(self) -> tuple[StreamReport, ...]:
+        """Each stream's statistics so far (live; the same objects close() reports)."""
+        return tuple(
+            StreamReport(s.spec.index, s.spec.channel, s.timeline.stats, s.counters)
+            for s in self._streams.values()
         )
 
 

@@ -31,6 +31,7 @@ from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import PasswordHashing, new_api_token, token_digest
 from siprec_server.app import RunningServer
 from siprec_server.siprec.sdp import parse_sdp
+from siprec_server.tools.siprec_client import encode_ulaw
 from storage import recordings, users
 from storage.audit import verify_audit_chain
 from storage.keys import (
@@ -45,7 +46,7 @@ from storage.playback import RecordingUnreadable, open_recording
 from storage.recording_file import RecordingFileWriter
 from tests.audio import active_segments, decode_ogg_opus, tone
 from tests.integration.conftest import sip_address
-from tests.integration.test_recording import send_rtp, ulaw
+from tests.integration.test_recording import send_rtp
 from tests.sip_client import SipTestClient, interop_case, set_header
 
 CHEAP = PasswordHashing(time_cost=1, memory_kib=8 * 1024, parallelism=1)
@@ -665,8 +666,8 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
         invite = set_header(invite, "Call-ID", f"e2e-{uuid.uuid4().hex[:12]}@192.0.2.10")
         seconds = 3.0
         left, right = tone(440, seconds, 8000), tone(1000, seconds, 8000)
-        frames_l = [ulaw(left[i : i + 160]) for i in range(0, len(left), 160)]
-        frames_r = [ulaw(right[i : i + 160]) for i in range(0, len(right), 160)]
+        frames_l = [encode_ulaw(left[i : i + 160]) for i in range(0, len(left), 160)]
+        frames_r = [encode_ulaw(right[i : i + 160]) for i in range(0, len(right), 160)]
         answers: list[Any] = []
 
         async def card_payment(call_id: str, session_id: str) -> None:
