@@ -209,6 +209,48 @@ def _aor_variants(glob: str) -> list[str]:
     return [glob]
 
 
+def _prefix_end(prefix: str) -> str:
+    """The least string above every string that starts with `prefix`, in byte order (the order
+    of text_pattern_ops' ~<~): the prefix with its last character moved up by one. Patterns are
+    printable ASCII, so the last character is never U+10FFFF."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class _PatternTerms:
+    """One column's patterns as OR-ed terms that a btree index with text_pattern_ops serves,
+    all their values in ONE text[] parameter (element i is `($n::text[])[i]`).
+
+    LIKE ANY (array) can use no index, so the planner had to test every participant; each term
+    here starts with an equality or a range, which it can turn into index bounds (a BitmapOr
+    over the terms, or an index range scan ordered by started_at for a single number)."""
+
+    def __init__(self, column: str, param: int) -> None:
+        self.column = column
+        self.param = param
+        self.values: list[str] = []
+        self.terms: list[str] = []
+
+    def _value(self, text: str) -> str:
+        self.values.append(text)
+        return f"(${self.param}::text[])[{len(self.values)}]"
+
+    def add(self, pattern: str) -> None:
+        """A glob whose only wildcard is `*`."""
+        col = self.column
+        prefix, star, _ = pattern.partition("*")
+        if not star:
+            self.terms.append(f"{col} = {self._value(pattern)}")
+            return
+        conditions: list[str] = []
+        if prefix:
+            # Starts with the prefix <=> prefix <= value < prefix's successor (byte order).
+            conditions.append(f"{col} ~>=~ {self._value(prefix)}")
+            conditions.append(f"{col} ~<~ {self._value(_prefix_end(prefix))}")
+        if pattern != prefix + "*":
+            conditions.append(f"{col} LIKE {self._value(_like_literal(pattern))}")
+        self.terms.append("(" + " AND ".join(conditions) + ")")
+
+
 def scope_filter(
     principal: Principal, participants_table_alias: str, first_param: int
 ) -> tuple[str, list[object]]:
@@ -217,6 +259,11 @@ def scope_filter(
 
     TRUE (no parameters) for unrestricted principals, FALSE for agents without a scope. Use it
     inside EXISTS (SELECT 1 FROM participants p WHERE p.recording_id = r.id AND <expr>).
+
+    The expression reads only the row's `number` and `aor`. It has at most two parameters, each
+    a text[]: the number patterns' values, then the AOR globs' values. Every term is an
+    equality or a byte-order range (text_pattern_ops' ~>=~ ~<~), LIKE only refining a range,
+    so the participants indexes on number and lower(aor) can find the rows in scope.
     """
     if not _ALIAS.fullmatch(participants_table_alias):
         raise AccessError(f"not an SQL alias: {participants_table_alias!r}")
@@ -227,23 +274,22 @@ def scope_filter(
     if principal.unrestricted:
         return "TRUE", []
     alias = participants_table_alias
-    numbers: list[str] = []
-    aors: list[str] = []
-    for scope in principal.scopes:
-        if is_number_pattern(scope):
-            numbers.append(_like_literal(scope))
-        else:
-            aors.extend(_like_literal(v) for v in _aor_variants(scope.lower()))
-    terms: list[str] = []
-    params: list[object] = []
-    # LIKE ANY keeps the statement text the same whatever the number of patterns.
-    if numbers:
-        terms.append(f"{alias}.number LIKE ANY (${first_param + len(params)}::text[])")
-        params.append(numbers)
-    if aors:
-        terms.append(f"lower({alias}.aor) LIKE ANY (${first_param + len(params)}::text[])")
-        params.append(aors)
-    return "(" + " OR ".join(terms) + ")", params
+    number_patterns = [s for s in principal.scopes if is_number_pattern(s)]
+    aor_patterns = [
+        v for s in principal.scopes if not is_number_pattern(s) for v in _aor_variants(s.lower())
+    ]
+    columns: list[_PatternTerms] = []
+    for column, patterns in ((f"{alias}.number", number_patterns),
+                             (f"lower({alias}.aor)", aor_patterns)):
+        if patterns:
+            terms = _PatternTerms(column, first_param + len(columns))
+            for pattern in dict.fromkeys(patterns):
+                terms.add(pattern)
+            columns.append(terms)
+    return (
+        "(" + " OR ".join(t for c in columns for t in c.terms) + ")",
+        [c.values for c in columns],
+    )
 
 
 # --- users and passwords ----------------------------------------------------------------------
