@@ -9,6 +9,11 @@ Pages are keyset pages in (started_at DESC, id ASC) order — the order of the
 `recordings_started_at` index — so page 10,000 costs what page 1 costs. The cursor is the
 (started_at, id) of the last row shown, opaque to clients.
 
+Participants carry a copy of their recording's started_at (migration 0005, kept by triggers).
+A scoped search that otherwise only narrows by time, and a search for one number or AOR, pick
+their page among the matching participants in that order and read only the page's recordings;
+other searches join the scope as a semi-join that the planner may start from either side.
+
 Values arrive already normalised (numbers by `normalize_number`, AORs lower-cased): the API
 layer knows SIP spellings, storage does not.
 """
