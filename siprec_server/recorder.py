@@ -116,7 +116,8 @@ class Recorder:
             else:
                 self._spawn(self._in_dialog(event))
         elif isinstance(event, InviteCancelled):
-            self._spawn(self._cancelled(event.txn))
+            # The INVITE's task sees respond() fail and finishes the session itself.
+            log.info("invite_cancelled", txn=event.txn)
         elif isinstance(event, DialogEnded):
             self._spawn(self._ended(event.dialog, event.reason))
         elif isinstance(event, DialogConfirmed):
@@ -316,10 +317,6 @@ class Recorder:
             await self._media.update(session)
 
     # ---------------------------------------------------------------- endings
-
-    async def _cancelled(self, txn: str) -> None:
-        # The INVITE task sees respond() fail and finishes the session itself.
-        log.info("invite_cancelled", txn=txn)
 
     async def _ended(self, dialog: str, reason: str) -> None:
         session = self._dialogs.get(dialog)

@@ -229,22 +229,24 @@ class AesCmContext:
 
     # -- SRTP -------------------------------------------------------------------------------
 
+    def _rtp_index(self, ssrc: int, seq: int) -> tuple[_ReplayWindow | None, int, int]:
+        """The SSRC's replay window (None before its first packet), the packet's estimated
+        index (RFC 3711 §3.3.1) and its position relative to the window (raises on replay)."""
+        window = self._rtp_windows.get(ssrc)
+        if window is None:
+            # RFC 4568 §6.4: ROC starts at zero and s_l at the first packet's SEQ.
+            return None, seq, 0
+        index = _estimate_index(window, seq)
+        return window, index, window.check(index)
+
     def unprotect_rtp(self, packet: bytes) -> bytes:
         """Authenticate, replay-check and decrypt one SRTP packet; returns the RTP packet."""
         tag_len = self._rtp_tag_len
         size = len(packet)
         auth_end = size - tag_len - self._mki_len
         header_len = rtp_header_length(packet, auth_end)
-        seq = (packet[2] << 8) | packet[3]
         ssrc = int.from_bytes(packet[8:12], "big")
-        window = self._rtp_windows.get(ssrc)
-        if window is None:
-            # RFC 4568 §6.4: ROC starts at zero and s_l at the first packet's SEQ.
-            index = seq
-            delta = 0
-        else:
-            index = _estimate_index(window, seq)
-            delta = window.check(index)
+        window, index, delta = self._rtp_index(ssrc, (packet[2] << 8) | packet[3])
         if self._mki_len and packet[auth_end : auth_end + self._mki_len] != self._mki:
             raise SrtpAuthError("unknown MKI")
         mac = self._rtp_mac.copy()
@@ -269,15 +271,8 @@ class AesCmContext:
         """
         size = len(packet)
         header_len = rtp_header_length(packet, size)
-        seq = (packet[2] << 8) | packet[3]
         ssrc = int.from_bytes(packet[8:12], "big")
-        window = self._rtp_windows.get(ssrc)
-        if window is None:
-            index = seq
-            delta = 0
-        else:
-            index = _estimate_index(window, seq)
-            delta = window.check(index)
+        window, index, delta = self._rtp_index(ssrc, (packet[2] << 8) | packet[3])
         iv = (self._rtp_salt ^ (ssrc << 64) ^ (index << 16)).to_bytes(16, "big")
         protected = packet[:header_len] + Cipher(self._rtp_aes, modes.CTR(iv)).encryptor().update(
             packet[header_len:]
