@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,19 +22,25 @@ from api.app import create_api
 from api.auth_api import ensure_bootstrap_admin, setup_identity
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import AccessError
-from siprec_server.config import Config, ConfigError, parse_host_port, parse_listen
+from siprec_server.config import (
+    Config,
+    ConfigError,
+    StartupError,
+    parse_host_port,
+    parse_listen,
+)
+from siprec_server.data_dir import DataDirLock, prepare_data_dir
 from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
 from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
+from siprec_server.services.database import DatabaseHandle, open_server_database
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
-from storage.database import create_pool, migrate
-from storage.embedded_postgres import EmbeddedPostgres
 from storage.keys import KeyRing, LocalKeyStore
 from storage.signing import load_or_create_signing_key
 
@@ -60,21 +67,6 @@ def advertised_address(configured: str, listen_host: str) -> str:
     return guess
 
 
-async def open_database(config: Config) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
-    """The configured server, or the embedded cluster under data_dir/pg; migrated."""
-    cluster = None
-    dsn = config.database.url
-    if not dsn:
-        root = config.server.data_dir.resolve() / "pg"
-        cluster = EmbeddedPostgres(root)
-        dsn = await asyncio.get_running_loop().run_in_executor(None, cluster.start)
-    pool = await create_pool(dsn, max_size=config.database.pool_max)
-    applied = await migrate(pool)
-    if applied:
-        log.info("database_migrated", applied=applied)
-    return pool, cluster
-
-
 async def open_key_ring(db: asyncpg.Pool, directory: Path, node_id: str) -> KeyRing:
     """The master keys. Until the dual-control ceremony exists, a first start creates one
     under data_dir/keys (0600) — and says so in the audit trail."""
@@ -98,8 +90,8 @@ async def open_key_ring(db: asyncpg.Pool, directory: Path, node_id: str) -> KeyR
 @dataclass
 class RunningServer:
     config: Config
-    db: asyncpg.Pool
-    cluster: EmbeddedPostgres | None
+    lock: DataDirLock
+    database: DatabaseHandle
     sip: SipEndpoint
     recorder: Recorder
     media: MediaService
@@ -107,15 +99,20 @@ class RunningServer:
     api_address: tuple[str, int]
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
 
+    @property
+    def db(self) -> asyncpg.Pool:
+        return self.database.pool
+
     async def stop(self) -> None:
         log.info("shutting_down")
-        await self.recorder.shutdown()
-        await self.media.close()
-        await self.api_runner.cleanup()
-        await self.sip.close()
-        await self.db.close()
-        if self.cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.cluster.stop)
+        try:
+            await self.recorder.shutdown()
+            await self.media.close()
+            await self.api_runner.cleanup()
+            await self.sip.close()
+            await self.database.close()
+        finally:
+            self.lock.release()
         log.info("stopped")
 
 
@@ -128,15 +125,36 @@ def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
     return context
 
 
+async def _listening(what: str, start: Awaitable[None]) -> None:
+    """A listener that cannot be opened is one line for the operator, not a traceback."""
+    try:
+        await start
+    except OSError as exc:
+        # uvloop wraps the bind error; the errno is on its cause.
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        reason = os.strerror(cause.errno) if cause.errno else str(exc)
+        raise StartupError(f"cannot listen for {what}: {reason}") from None
+
+
 async def start_server(config: Config) -> RunningServer:
     data_dir: Path = config.server.data_dir
-    # 0711: nobody else may list it, but the embedded cluster's unprivileged user may pass
-    # through to data_dir/pg; keys and recordings below it are 0700.
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o711)
+    prepare_data_dir(data_dir)
+    lock = DataDirLock(data_dir)
+    lock.acquire("run")  # before anything else is touched
+    try:
+        return await _start_owned(config, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
+    data_dir: Path = config.server.data_dir
     node_id = node_id_of(config)
-    db, cluster = await open_database(config)
+    database = await open_server_database(config)
+    db = database.pool
     media: MediaService | None = None
+    sip: SipEndpoint | None = None
     try:
         keys = await open_key_ring(db, data_dir / "keys", node_id)
         try:
@@ -209,7 +227,10 @@ async def start_server(config: Config) -> RunningServer:
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
         sip = SipEndpoint(agent, recorder.on_sip_event)
         recorder.sip = sip
-        await sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file))
+        await _listening(
+            "SIP on " + ", ".join(config.sip.listen),
+            sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file)),
+        )
         bound = sip.bound_addresses()
         agent.settings = dataclasses.replace(
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
@@ -228,16 +249,21 @@ async def start_server(config: Config) -> RunningServer:
             api_port,
             ssl_context=_tls_context(config.api.tls.cert_file, config.api.tls.key_file),
         )
-        await site.start()
+        try:
+            await _listening(f"the API on {config.api.listen}", site.start())
+        except BaseException:
+            await runner.cleanup()
+            raise
         api_address = runner.addresses[0][:2]
     except BaseException:
+        if sip is not None:
+            await sip.close()
         if media is not None:
             await media.close()
-        await db.close()
-        if cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+        await database.close()
         raise
-    server = RunningServer(config, db, cluster, sip, recorder, media, runner, api_address, bound)
+    server = RunningServer(config, lock, database, sip, recorder, media, runner, api_address,
+                           bound)
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"

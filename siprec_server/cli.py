@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
@@ -11,8 +10,13 @@ from datetime import UTC, datetime
 
 import uvloop
 
-from siprec_server.config import Config, ConfigError, load_config
+from siprec_server.config import Config, ConfigError, StartupError, load_config
+from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
+from storage.database import DatabaseError
+from storage.embedded_postgres import EmbeddedPostgresError
+
+OPERATOR_ERRORS = (StartupError, DataDirInUse, DatabaseError, EmbeddedPostgresError, OSError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,23 +62,22 @@ def _config(path: str | None) -> Config:
 
 
 async def _migrate(config: Config) -> None:
-    from siprec_server.app import open_database
+    from siprec_server.services.database import open_command_database
 
-    pool, cluster = await open_database(config)
-    await pool.close()
-    if cluster is not None:
-        await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+    database = await open_command_database(config, "db migrate")
+    await database.close()
 
 
 async def _verify(config: Config, args: argparse.Namespace) -> int:
     from uuid import UUID
 
-    from siprec_server.app import open_database
+    from siprec_server.services.database import open_command_database
     from storage.audit import verify_audit_chain
     from storage.keys import LocalKeyStore
     from storage.verification import verify_all, verify_recording
 
-    pool, cluster = await open_database(config)
+    database = await open_command_database(config, "verify")
+    pool = database.pool
     try:
         if args.audit:
             report = await verify_audit_chain(pool)
@@ -110,9 +113,7 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
         print(f"{len(checks)} checked, {failed} failed")
         return 1 if failed else 0
     finally:
-        await pool.close()
-        if cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+        await database.close()
 
 
 def _operator() -> str:
@@ -143,13 +144,13 @@ async def _users_add(config: Config, args: argparse.Namespace, password: str | N
         return 2
 
     from api.auth_api import create_account
-    from siprec_server.app import open_database
+    from siprec_server.services.database import open_command_database
     from storage.users import UsernameTakenError
 
-    pool, cluster = await open_database(config)
+    database = await open_command_database(config, "users add")
     try:
         user, generated = await create_account(
-            pool,
+            database.pool,
             actor=_operator(),
             username=args.name,
             role=args.role,
@@ -164,9 +165,7 @@ async def _users_add(config: Config, args: argparse.Namespace, password: str | N
         print(f"siprec-server: {exc}", file=sys.stderr)
         return 1
     finally:
-        await pool.close()
-        if cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+        await database.close()
     assert user is not None
     print(f"created user {user.username} ({user.role}) id {user.id}")
     if generated is not None:
@@ -183,6 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"siprec-server: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.server.log_format, config.server.log_level)
+    try:
+        return _dispatch(args, config)
+    except ConfigError as exc:
+        print(f"siprec-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OPERATOR_ERRORS as exc:
+        # Something the operator can fix (a busy data_dir or port, an unreachable database):
+        # one line, no traceback.
+        print(f"siprec-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "run":
         from siprec_server.app import run_until_signalled
 

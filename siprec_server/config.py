@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
+class StartupError(Exception):
+    """The server cannot start for a reason the operator can fix (a port in use, ...); the
+    message says which, in one line."""
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path = Path("./var")

@@ -45,6 +45,7 @@ __all__ = [
     "ClusterUser",
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
+    "cluster_root_for",
     "find_bin_dir",
 ]
 
@@ -72,6 +73,7 @@ _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _LOG_TAIL_BYTES = 4096
 _CONF_FILE = "siprec-embedded.conf"
 _SHORT_SOCKET_PARENT = Path("/tmp")
+SYSTEM_CLUSTER_PARENT = Path("/var/lib/siprec-server")
 _THROWAWAY_SETTINGS = (
     "# durable=False: a throwaway cluster, speed over crash safety.\n"
     "fsync = off\n"
@@ -253,6 +255,8 @@ class EmbeddedPostgres:
         self._run_as = run_as
         self._dsn: str | None = None
         self._private_socket_dir: Path | None = None
+        self.launched = False
+        """Whether start() launched the postmaster (rather than adopting a running one)."""
 
     # -- public API -------------------------------------------------------------------------
 
@@ -327,6 +331,7 @@ class EmbeddedPostgres:
             self._write_config(socket_dir, port, user)
             self._rotate_log()
             self._pg_ctl_start(bin_dir, user)
+            self.launched = True
 
         admin_dsn = self._dsn_for(socket_dir, port, "postgres")
         try:
@@ -339,6 +344,28 @@ class EmbeddedPostgres:
         self._dsn = dsn_with_database(admin_dsn, APP_DATABASE)
         log.info("embedded PostgreSQL ready on %s (data %s)", socket_dir, self.data_dir)
         return self._dsn
+
+    def attach(self) -> str:
+        """The DSN of the cluster another process runs; never starts or initialises anything."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(f"no PostgreSQL cluster in {self.data_dir}")
+        running = self._running_pid_file()
+        if running is None:
+            raise EmbeddedPostgresError(
+                f"the PostgreSQL cluster in {self.data_dir} is not running (the server that owns "
+                f"it may still be starting, or be restarting it)"
+            )
+        socket_dir = running.socket_dir or self.root / "run"
+        dsn = dsn_with_database(
+            self._dsn_for(socket_dir, running.port or SOCKET_PORT, "postgres"), APP_DATABASE
+        )
+        self._dsn = dsn
+        return dsn
+
+    def is_running(self) -> bool:
+        """Whether a postmaster serves this data directory right now (no waiting)."""
+        pid_file = _PidFile.read(self.data_dir / "postmaster.pid")
+        return pid_file is not None and _is_postgres_of(pid_file.pid, self.data_dir)
 
     def stop(self) -> None:
         """Stop the cluster if it runs (fast shutdown: sessions are ended, data is flushed)."""
@@ -647,3 +674,29 @@ class EmbeddedPostgres:
             f"postgresql://{SUPERUSER}@/{quote(database, safe='')}"
             f"?host={quote(str(socket_dir), safe='/')}&port={port}"
         )
+
+
+def cluster_root_for(data_dir: Path, *, run_as: str | None = None) -> Path:
+    """Where the embedded cluster of a data_dir lives: data_dir/pg, unless we are root and the
+    unprivileged user postgres runs as cannot enter data_dir (a root user's clone under a 0700
+    home, or `mktemp -d`). Then, as long as no cluster exists at data_dir/pg yet, a directory of
+    its own under /var/lib/siprec-server named after data_dir: loosening the permissions of the
+    operator's home would be the worse surprise."""
+    data_dir = Path(os.path.abspath(data_dir))
+    preferred = data_dir / "pg"
+    if os.geteuid() != 0 or (preferred / "data" / "PG_VERSION").exists():
+        return preferred
+    user = EmbeddedPostgres(preferred, run_as=run_as).user
+    # Directories still to be made will be made traversable (0711/0755); the existing ones decide.
+    existing = [p for p in (data_dir, *data_dir.parents) if p.exists()]
+    if all(user.can_traverse(parent.stat()) for parent in existing if parent != data_dir):
+        return preferred
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    SYSTEM_CLUSTER_PARENT.mkdir(mode=0o711, parents=True, exist_ok=True)
+    SYSTEM_CLUSTER_PARENT.chmod(0o711)
+    relocated = SYSTEM_CLUSTER_PARENT / f"pg-{digest}"
+    log.warning(
+        "user %s cannot enter %s: the embedded PostgreSQL cluster lives in %s instead",
+        user.name, data_dir, relocated,
+    )
+    return relocated

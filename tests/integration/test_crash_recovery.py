@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,62 +21,8 @@ from storage.playback import read_all
 from tests.audio import active_segments, decode_ogg_opus, tone
 from tests.integration.conftest import server_env
 from tests.integration.test_recording import send_rtp
+from tests.server_process import ServerProcess, free_port, run_cli
 from tests.sip_client import SipTestClient, interop_case
-
-PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, **env}
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "siprec_server", "run",
-            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        seen = b""
-        try:
-            async with asyncio.timeout(30):
-                while b"SIP on" not in (line := await self.proc.stdout.readline()):
-                    seen += line  # e.g. the bootstrap administrator's password, on first start
-                    if not line:
-                        raise EOFError
-        except (TimeoutError, EOFError):
-            self.proc.kill()
-            _out, err = await self.proc.communicate()
-            raise AssertionError(f"server did not start: {seen!r} {err[-2000:]!r}") from None
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "siprec_server", *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
 
 
 @pytest.fixture
@@ -121,8 +63,8 @@ async def test_sigkill_mid_call_leaves_an_interrupted_recording_that_verifies(
         await db.close()
     assert row["state"] == "interrupted" and row["recovered"] is True
     recording_id: UUID = row["id"]
-    code, out = await run_cli(process_env, "verify", str(recording_id))
-    assert code == 0, out
+    code, out, err = await run_cli(process_env, "verify", str(recording_id))
+    assert code == 0, out + err
     assert f"{recording_id} OK" in out
 
     pool = await create_pool(db_dsn)
@@ -142,5 +84,5 @@ async def test_sigkill_mid_call_leaves_an_interrupted_recording_that_verifies(
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
-    code, out = await run_cli(process_env, "verify", "--all")
-    assert code == 1 and "FAILED" in out, out
+    code, out, err = await run_cli(process_env, "verify", "--all")
+    assert code == 1 and "FAILED" in out, out + err

@@ -1,0 +1,108 @@
+"""Reaching the database for the server and for operator commands.
+
+With `[database] url` set, both connect to it. Otherwise the data_dir's embedded cluster is used:
+- the server (`run`, which holds the data_dir lock) starts it, or adopts the one its crashed
+  predecessor left running, and stops it when it exits;
+- a command that finds the data_dir locked by a running server attaches to the cluster that
+  server runs and stops nothing; a command that finds the data_dir free takes the lock for its
+  own duration (so no server starts underneath it), starts the cluster if it is not running,
+  and stops it afterwards only if it started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from siprec_server.config import Config
+from siprec_server.data_dir import DataDirLock, prepare_data_dir
+from siprec_server.logs import get_logger
+from storage.database import create_pool, migrate
+from storage.embedded_postgres import EmbeddedPostgres, cluster_root_for
+
+log = get_logger("database")
+
+
+@dataclass
+class DatabaseHandle:
+    """An open pool, and what must be undone when it is closed."""
+
+    pool: asyncpg.Pool
+    cluster: EmbeddedPostgres | None = None
+    """The embedded cluster, if one is used."""
+    stop_cluster: bool = False
+    """Whether closing stops the cluster: only the process that owns it does."""
+    lock: DataDirLock | None = field(default=None, repr=False)
+    """A lock a command took for its own duration, released on close."""
+
+    async def close(self) -> None:
+        try:
+            await self.pool.close()
+        finally:
+            try:
+                if self.cluster is not None and self.stop_cluster:
+                    await asyncio.get_running_loop().run_in_executor(None, self.cluster.stop)
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+
+
+def embedded_cluster(config: Config) -> EmbeddedPostgres:
+    return EmbeddedPostgres(cluster_root_for(config.server.data_dir.resolve()))
+
+
+async def _pool(dsn: str, config: Config) -> asyncpg.Pool:
+    pool = await create_pool(dsn, max_size=config.database.pool_max)
+    try:
+        applied = await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    if applied:
+        log.info("database_migrated", applied=applied)
+    return pool
+
+
+async def open_server_database(config: Config) -> DatabaseHandle:
+    """For `run`, which already holds the data_dir lock: the database, started if need be."""
+    if config.database.url:
+        return DatabaseHandle(await _pool(config.database.url, config))
+    cluster = embedded_cluster(config)
+    dsn = await asyncio.get_running_loop().run_in_executor(None, cluster.start)
+    try:
+        pool = await _pool(dsn, config)
+    except BaseException:
+        await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+        raise
+    # The data_dir is ours, so an adopted cluster (our crashed predecessor's) is ours too.
+    return DatabaseHandle(pool, cluster, stop_cluster=True)
+
+
+async def open_command_database(config: Config, command: str) -> DatabaseHandle:
+    """For an operator command: the running server's database, or one of its own."""
+    if config.database.url:
+        return DatabaseHandle(await _pool(config.database.url, config))
+    data_dir = config.server.data_dir.resolve()
+    prepare_data_dir(data_dir)
+    lock = DataDirLock(data_dir)
+    loop = asyncio.get_running_loop()
+    if not lock.try_acquire(command):
+        # A server runs here: use its cluster as it is.
+        cluster = embedded_cluster(config)
+        dsn = await loop.run_in_executor(None, cluster.attach)
+        return DatabaseHandle(await _pool(dsn, config), cluster, stop_cluster=False)
+    try:
+        cluster = embedded_cluster(config)
+        dsn = await loop.run_in_executor(None, cluster.start)
+        try:
+            pool = await _pool(dsn, config)
+        except BaseException:
+            if cluster.launched:
+                await loop.run_in_executor(None, cluster.stop)
+            raise
+    except BaseException:
+        lock.release()
+        raise
+    return DatabaseHandle(pool, cluster, stop_cluster=cluster.launched, lock=lock)
