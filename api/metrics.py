@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -203,6 +204,10 @@ class Metrics:
 
 
 def _numeric_stats(owner: Any) -> dict[str, int]:
+    counters = getattr(owner, "counters", None)
+    if dataclasses.is_dataclass(counters) and not isinstance(counters, type):
+        return {k: int(v) for k, v in dataclasses.asdict(counters).items()
+                if isinstance(v, int)}
     stats = getattr(owner, "stats", None)
     if not isinstance(stats, Mapping):
         return {}

@@ -42,7 +42,9 @@ from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
 from storage.keys import KeyRing, LocalKeyStore
+from storage.recording_store import RecordingStore
 from storage.signing import load_or_create_signing_key
+from storage.write_behind import WriteBehind
 
 log = get_logger("app")
 
@@ -92,6 +94,7 @@ class RunningServer:
     config: Config
     lock: DataDirLock
     database: DatabaseHandle
+    writes: WriteBehind
     sip: SipEndpoint
     recorder: Recorder
     media: MediaService
@@ -110,6 +113,7 @@ class RunningServer:
             await self.media.close()
             await self.api_runner.cleanup()
             await self.sip.close()
+            await self.writes.close()
             await self.database.close()
         finally:
             self.lock.release()
@@ -155,6 +159,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     db = database.pool
     media: MediaService | None = None
     sip: SipEndpoint | None = None
+    writes: WriteBehind | None = None
     try:
         keys = await open_key_ring(db, data_dir / "keys", node_id)
         try:
@@ -171,9 +176,14 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         signer = load_or_create_signing_key(data_dir / "keys")
         await recordings.register_signing_key(db, signer.key_id, node_id,
                                               signer.public_key_bytes())
+        writes = WriteBehind(RecordingStore(db), data_dir / "journal", lambda: keys)
+        replayed = await writes.replay()  # a crash during an outage left writes behind
+        if replayed:
+            log.warning("journal_writes_applied", count=replayed)
+        writes.start()
         media = MediaService(
             data_dir=data_dir,
-            db=db,
+            storage=writes,
             keys=keys,
             signer=signer,
             node_id=node_id,
@@ -200,6 +210,14 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         listen = [parse_listen(value) for value in config.sip.listen]
         sip_host = advertised_address(config.sip.advertised_address, listen[0].host)
         media_host = config.media.advertised_address or sip_host
+        agent = SipAgent(
+            AgentSettings(
+                local={"udp": (sip_host, 5060)},
+                session_expires=config.sip.session_expires,
+                min_se=config.sip.min_se,
+            )
+        )
+        sip = SipEndpoint(agent)
         recorder = Recorder(
             RecorderSettings(
                 node_id=node_id,
@@ -213,20 +231,13 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 retry_after=config.sip.retry_after,
                 require_siprec=config.sip.require_siprec,
             ),
-            db,
-            media,
-            media,
+            storage=writes,
+            sip=sip,
+            ports=media,
+            media=media,
         )
-        agent = SipAgent(
-            AgentSettings(
-                local={"udp": (sip_host, 5060)},
-                session_expires=config.sip.session_expires,
-                min_se=config.sip.min_se,
-            )
-        )
+        sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
-        sip = SipEndpoint(agent, recorder.on_sip_event)
-        recorder.sip = sip
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),
             sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file)),
@@ -260,10 +271,12 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             await sip.close()
         if media is not None:
             await media.close()
+        if writes is not None:
+            await writes.close()
         await database.close()
         raise
-    server = RunningServer(config, lock, database, sip, recorder, media, runner, api_address,
-                           bound)
+    server = RunningServer(config, lock, database, writes, sip, recorder, media, runner,
+                           api_address, bound)
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from uuid import UUID
-
-import asyncpg
 
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
@@ -37,7 +35,6 @@ from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator, PortsExhausted
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
-from storage import recordings
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
     FileSummary,
@@ -45,6 +42,7 @@ from storage.recording_file import (
     decrypt_chunks,
     seal_interrupted,
 )
+from storage.recording_store import MediaStart
 from storage.recordings import MediaResult
 from storage.signing import NodeSigningKey
 
@@ -52,6 +50,32 @@ log = get_logger("media")
 
 TICK_INTERVAL = 0.1
 FORMAT = "ogg-opus/siprec-aead-v1"
+
+
+class MediaStorage(Protocol):
+    """What the media service writes and reads (storage.write_behind.WriteBehind): writes wait
+    for the database when it is away; the start-up reads need it."""
+
+    async def save_media_start(self, recording_id: UUID, start: MediaStart) -> None: ...
+
+    async def save_media_result(self, recording_id: UUID, result: MediaResult) -> None: ...
+
+    async def register_signing_key(self, key_id: str, node_id: str,
+                                   public_key: bytes) -> None: ...
+
+    async def mark_ended(self, recording_id: UUID, state: str, reason: str,
+                         at: datetime) -> None: ...
+
+    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]: ...
+
+    async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
+
+
+@dataclass
+class MediaCounters:
+    bind_failures: int = 0
+    tick_errors: int = 0
+    calls_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +186,7 @@ class MediaService:
         self,
         *,
         data_dir: Path,
-        db: asyncpg.Pool,
+        storage: MediaStorage,
         keys: KeyRing,
         signer: NodeSigningKey,
         node_id: str,
@@ -172,7 +196,7 @@ class MediaService:
         inactivity_timeout: float = 300.0,
     ) -> None:
         self._dir = data_dir / "recordings"
-        self._db = db
+        self._storage = storage
         self._keys = keys
         self._signer = signer
         self._node_id = node_id
@@ -186,7 +210,7 @@ class MediaService:
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
         self._ticker: asyncio.Task[None] | None = None
-        self.stats = {"bind_failures": 0, "tick_errors": 0, "calls_failed": 0}
+        self.counters = MediaCounters()
         self._finished_packets: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- ports (the recorder's)
@@ -203,7 +227,7 @@ class MediaService:
                 # Held by another process: back to the end of the pool (it may be free again
                 # by the time it comes round) and try the next pair.
                 self._ports.release(port)
-                self.stats["bind_failures"] += 1
+                self.counters.bind_failures += 1
                 log.warning("rtp_port_unavailable", port=port)
         raise PortsExhausted("no bindable RTP port pair found")
 
@@ -242,10 +266,10 @@ class MediaService:
         dek = new_data_key()
         wrapped = wrap_data_key(self._keys.current, dek, session.recording_id)
         path = self._path_for(session)
-        await recordings.save_media_start(
-            self._db, session.recording_id, file_path=str(path), sample_rate=rate,
-            channels=[c.as_dict() for c in channels], master_key_id=self._keys.current.key_id,
-            wrapped_key=wrapped,
+        await self._storage.save_media_start(
+            session.recording_id,
+            MediaStart(str(path), rate, [c.as_dict() for c in channels],
+                       self._keys.current.key_id, wrapped),
         )
         file = _create_private(path)
         writer = RecordingFileWriter(
@@ -301,7 +325,7 @@ class MediaService:
             call.file.flush()
             os.fsync(call.file.fileno())
         except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
-            self.stats["calls_failed"] += 1
+            self.counters.calls_failed += 1
             log.error("media_close_failed", recording_id=str(session.recording_id),
                       error=repr(exc))
             return
@@ -348,7 +372,7 @@ class MediaService:
                 try:
                     call.media.tick(now)
                 except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
-                    self.stats["tick_errors"] += 1
+                    self.counters.tick_errors += 1
                     log.error("media_tick_failed", recording_id=str(recording_id),
                               error=repr(exc))
                 last = call.media.last_packet or call.started
@@ -412,11 +436,10 @@ class MediaService:
             "streams": {str(k): v for k, v in sorted(stream_stats.items())},
         }
         signature = self._signer.sign(signed)
-        await recordings.register_signing_key(
-            self._db, self._signer.key_id, self._node_id, self._signer.public_key_bytes()
+        await self._storage.register_signing_key(
+            self._signer.key_id, self._node_id, self._signer.public_key_bytes()
         )
-        await recordings.save_media_result(
-            self._db,
+        await self._storage.save_media_result(
             recording_id,
             MediaResult(
                 duration_ms=duration_ms or 0,
@@ -438,10 +461,10 @@ class MediaService:
         """Seal every file this node left open (a crash): each complete chunk stays readable,
         the recording is marked interrupted and signed as recovered."""
         count = 0
-        for row in await recordings.unfinished_media(self._db, self._node_id):
+        for row in await self._storage.unfinished_media(self._node_id):
             recording_id: UUID = row["id"]
             try:
-                key = await recordings.get_recording_key(self._db, recording_id)
+                key = await self._storage.recording_key(recording_id)
                 if key is None:
                     raise LookupError("no data key")
                 dek = self._keys.unwrap(key[1], recording_id)
@@ -459,17 +482,17 @@ class MediaService:
                     recording_id, row["call_id"], row["started_at"], now, row["channels"],
                     summary, None, recovered=True, duration_ms=duration_ms,
                 )
-                await recordings.mark_ended(self._db, recording_id, "interrupted",
-                                            "server stopped while recording", now)
+                await self._storage.mark_ended(recording_id, "interrupted",
+                                               "server stopped while recording", now)
                 count += 1
                 log.warning("recording_recovered", recording_id=str(recording_id),
                             duration_ms=duration_ms)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop start-up
                 log.error("recording_recovery_failed", recording_id=str(recording_id),
                           error=repr(exc))
-                await recordings.mark_ended(self._db, recording_id, "failed",
-                                            f"recovery failed: {type(exc).__name__}",
-                                            datetime.now(UTC))
+                await self._storage.mark_ended(recording_id, "failed",
+                                               f"recovery failed: {type(exc).__name__}",
+                                               datetime.now(UTC))
         return count
 
     def _path_for(self, session: RecordingSession) -> Path:

@@ -1,6 +1,12 @@
 """The recording service: the SIP transaction user that turns SIPREC requests into recording
-sessions — answers offers, keeps metadata as an event log in PostgreSQL, holds RTP ports, and
-starts and stops each session's media.
+sessions — answers offers, keeps metadata as an event log, holds RTP ports, and starts and stops
+each session's media.
+
+It reaches the outside through three ports, each a Protocol: SIP (respond, hang up), media
+(start, update, stop; RTP ports) and storage. Storage raises the project's own
+`StorageUnavailable`; a new session is refused with 503 + Retry-After when the database is away
+(so the SBC fails over), while sessions in progress keep recording and their writes wait in the
+write-behind (storage/write_behind.py). Tests drive it with in-memory fakes of all three.
 
 Every SIP event for one session is handled under that session's lock, in arrival order. A fault
 in one session is logged and answered (500/503); it never reaches another session.
@@ -14,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
-
-import asyncpg
 
 from siprec_server.logs import get_logger
 from siprec_server.media.ports import PortsExhausted
@@ -32,9 +36,15 @@ from siprec_server.sip.message import SipRequest
 from siprec_server.siprec.metadata import MetadataDocument, MetadataError, parse_metadata
 from siprec_server.siprec.request import Rejection, check_recording_session, read_body
 from siprec_server.siprec.sdp import SdpError, SessionDescription, parse_sdp
-from siprec_server.siprec.sdp_answer import AnswerPreferences, NoAcceptableMedia, negotiate
+from siprec_server.siprec.sdp_answer import (
+    AnswerPreferences,
+    NoAcceptableMedia,
+    acceptable_m_lines,
+    negotiate,
+)
 from siprec_server.siprec.session import RecordingSession, SessionState
-from storage import recordings
+from storage.errors import StorageUnavailable
+from storage.recording_store import MetadataEvent, SessionRows
 from storage.recordings import NewRecording, ParticipantRow, StreamRow
 
 log = get_logger("recorder")
@@ -57,6 +67,27 @@ class RtpPorts(Protocol):
     def allocate(self) -> int: ...
 
     def release(self, port: int) -> None: ...
+
+
+class RecordingStorage(Protocol):
+    """What the recorder writes (storage.write_behind.WriteBehind in production)."""
+
+    @property
+    def available(self) -> bool:
+        """False while the database is known to be unreachable: new sessions get 503."""
+
+    async def open_recording(self, new: NewRecording, event: MetadataEvent | None,
+                             rows: SessionRows) -> None:
+        """Needs the database now; StorageUnavailable otherwise."""
+
+    async def save_update(self, recording_id: UUID, event: MetadataEvent | None,
+                          rows: SessionRows) -> None:
+        """The following writes never fail for unavailability: they wait for the database."""
+
+    async def mark_answered(self, recording_id: UUID, dialog_id: str, at: datetime) -> None: ...
+
+    async def mark_ended(self, recording_id: UUID, state: str, reason: str,
+                         at: datetime) -> None: ...
 
 
 class MediaPort(Protocol):
@@ -83,28 +114,40 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass
+class RecorderCounters:
+    sessions_started: int = 0
+    sessions_rejected: int = 0
+    metadata_errors: int = 0
+    db_errors: int = 0
+    """Writes the database refused for a reason other than unavailability."""
+    db_unavailable_rejections: int = 0
+    """New sessions refused with 503 because the database was away."""
+    media_failures: int = 0
+
+
 class Recorder:
     def __init__(
         self,
         settings: RecorderSettings,
-        db: asyncpg.Pool,
+        storage: RecordingStorage,
+        sip: SipPort,
         ports: RtpPorts,
         media: MediaPort | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.settings = settings
-        self._db = db
+        self._storage = storage
+        self.sip = sip
         self._ports = ports
         self._media = media
         self._clock = clock
-        self.sip: SipPort | None = None
         self._pending: dict[str, RecordingSession] = {}  # INVITE txn id → session
         self._dialogs: dict[str, RecordingSession] = {}  # dialog id → session
         self._locks: dict[UUID, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
-        self.stats = {"sessions_started": 0, "sessions_rejected": 0, "metadata_errors": 0,
-                      "db_errors": 0, "media_failures": 0}
+        self.counters = RecorderCounters()
 
     # ---------------------------------------------------------------- wiring
 
@@ -148,10 +191,13 @@ class Recorder:
     # ---------------------------------------------------------------- initial INVITE
 
     async def _initial_invite(self, event: RequestReceived) -> None:
-        assert self.sip is not None
         request = event.request
         if not self._accepting or self.active_sessions >= self.settings.max_sessions:
             self._reject(event.txn, 503, "Recorder at capacity", retry=True)
+            return
+        if not self._storage.available:
+            self.counters.db_unavailable_rejections += 1
+            self._reject(event.txn, 503, "Recording database unavailable", retry=True)
             return
         try:
             offer, document, xml = self._decode(request, initial=True)
@@ -176,7 +222,6 @@ class Recorder:
         xml: str | None,
         now: datetime,
     ) -> None:
-        assert self.sip is not None
         try:
             self._negotiate(session, offer)
         except NoAcceptableMedia as exc:
@@ -190,30 +235,31 @@ class Recorder:
             return
         if document is not None:
             session.apply_metadata(document, now)
+        new = NewRecording(
+            id=session.recording_id,
+            node_id=self.settings.node_id,
+            call_id=session.call_id,
+            sip_session_id=request.headers.get("Session-ID"),
+            started_at=now,
+            transport=event.peer.transport,
+            src_address=event.peer.host,
+        )
         try:
-            async with self._db.acquire() as conn, conn.transaction():
-                await recordings.insert_recording(
-                    conn,
-                    NewRecording(
-                        id=session.recording_id,
-                        node_id=self.settings.node_id,
-                        call_id=session.call_id,
-                        sip_session_id=request.headers.get("Session-ID"),
-                        started_at=now,
-                        transport=event.peer.transport,
-                        src_address=event.peer.host,
-                    ),
-                )
-                if document is not None and xml is not None:
-                    await recordings.add_metadata_event(
-                        conn, session.recording_id, now, "INVITE", document.datamode, xml
-                    )
-                await self._save_state(conn, session)
-        except (asyncpg.PostgresError, OSError) as exc:
-            self.stats["db_errors"] += 1
-            log.error("recording_insert_failed", call_id=session.call_id, error=repr(exc))
+            await self._storage.open_recording(
+                new, _metadata_event(now, "INVITE", document, xml), _session_rows(session))
+        except StorageUnavailable as exc:
+            self.counters.db_unavailable_rejections += 1
+            log.error("recording_insert_failed", recording_id=str(session.recording_id),
+                      error=str(exc)[:200])
             self._discard(event.txn, session)
             self._reject(event.txn, 503, "Recording database unavailable", retry=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - this session fails, the server goes on
+            self.counters.db_errors += 1
+            log.error("recording_insert_failed", recording_id=str(session.recording_id),
+                      error=repr(exc)[:300])
+            self._discard(event.txn, session)
+            self._reject(event.txn, 500, "Recording could not be stored")
             return
         assert session.negotiation is not None
         answered = self.sip.respond(
@@ -231,20 +277,15 @@ class Recorder:
         session.dialog_id = dialog
         session.transition(SessionState.ACTIVE)
         self._dialogs[dialog] = session
-        self.stats["sessions_started"] += 1
+        self.counters.sessions_started += 1
         log.info("recording_started", recording_id=str(session.recording_id),
                  call_id=session.call_id, streams=len(session.streams))
-        try:
-            await recordings.mark_answered(self._db, session.recording_id, dialog, self._clock())
-        except (asyncpg.PostgresError, OSError) as exc:
-            self.stats["db_errors"] += 1
-            log.error("recording_update_failed", recording_id=str(session.recording_id),
-                      error=repr(exc))
+        await self._storage.mark_answered(session.recording_id, dialog, self._clock())
         if self._media is not None:
             try:
                 await self._media.start(session)
             except Exception as exc:  # noqa: BLE001 - this session fails, the server goes on
-                self.stats["media_failures"] += 1
+                self.counters.media_failures += 1
                 session.media_failed = True
                 log.error("media_start_failed", recording_id=str(session.recording_id),
                           error=repr(exc))
@@ -253,7 +294,7 @@ class Recorder:
     # ---------------------------------------------------------------- in-dialog requests
 
     async def _in_dialog(self, event: RequestReceived) -> None:
-        assert self.sip is not None and event.dialog is not None
+        assert event.dialog is not None
         session = self._dialogs.get(event.dialog)
         if session is None:
             self.sip.respond(event.txn, 481)
@@ -262,7 +303,6 @@ class Recorder:
             await self._update(event, session)
 
     async def _update(self, event: RequestReceived, session: RecordingSession) -> None:
-        assert self.sip is not None
         request = event.request
         try:
             offer, document, xml = self._decode(request, initial=False)
@@ -300,18 +340,10 @@ class Recorder:
             headers.append(("Content-Type", "application/sdp"))
         if document is not None:
             session.apply_metadata(document, now)
-        try:
-            async with self._db.acquire() as conn, conn.transaction():
-                if document is not None and xml is not None:
-                    await recordings.add_metadata_event(
-                        conn, session.recording_id, now, request.method, document.datamode, xml
-                    )
-                await self._save_state(conn, session)
-        except (asyncpg.PostgresError, OSError) as exc:
-            # Media keeps recording; the metadata change is logged as lost, not hidden.
-            self.stats["db_errors"] += 1
-            log.error("metadata_update_not_stored", recording_id=str(session.recording_id),
-                      error=repr(exc))
+        # Waits in the write-behind if the database is away; media keeps recording.
+        await self._storage.save_update(
+            session.recording_id, _metadata_event(now, request.method, document, xml),
+            _session_rows(session))
         self.sip.respond(event.txn, 200, headers=headers, body=body)
         if self._media is not None and offer is not None:
             await self._media.update(session)
@@ -338,25 +370,18 @@ class Recorder:
         if session.dialog_id:
             self._dialogs.pop(session.dialog_id, None)
         self._locks.pop(session.recording_id, None)
-        try:
-            await recordings.mark_ended(self._db, session.recording_id, state, reason,
-                                        self._clock())
-        except (asyncpg.PostgresError, OSError) as exc:
-            self.stats["db_errors"] += 1
-            log.error("recording_end_not_stored", recording_id=str(session.recording_id),
-                      error=repr(exc))
+        await self._storage.mark_ended(session.recording_id, state, reason, self._clock())
         log.info("recording_ended", recording_id=str(session.recording_id), state=state,
                  reason=reason)
 
     def end_session(self, session: RecordingSession, reason: str) -> None:
         """Hang up from our side (BYE); the recording finishes when the dialog ends."""
-        if self.sip is not None and session.dialog_id is not None:
+        if session.dialog_id is not None:
             self.sip.end_dialog(session.dialog_id, reason)
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop taking calls, hang up every session (BYE) and finish its recording."""
         self._accepting = False
-        assert self.sip is not None
         for dialog in list(self._dialogs):
             self.sip.end_dialog(dialog, "server shutdown")
         deadline = asyncio.get_running_loop().time() + timeout
@@ -386,25 +411,31 @@ class Recorder:
             try:
                 document = parse_metadata(body.metadata)
             except MetadataError as exc:
-                self.stats["metadata_errors"] += 1
+                self.counters.metadata_errors += 1
                 raise Rejection(400, f"Bad recording metadata: {_quote(str(exc))[:100]}") from None
             xml = body.metadata.decode("utf-8", "replace")
         return offer, document, xml
 
     def _negotiate(self, session: RecordingSession, offer: SessionDescription) -> None:
-        allocated_before = set(session.ports)
+        """Ports first (every m-line that can be accepted gets one, kept for the session),
+        then the pure negotiation."""
+        taken: list[int] = []
         try:
+            for index in acceptable_m_lines(offer, self.settings.answer):
+                if index not in session.ports:
+                    session.ports[index] = self._ports.allocate()
+                    taken.append(index)
             session.negotiation = negotiate(
                 offer,
                 self.settings.answer,
                 local_address=self.settings.media_address,
-                port_for=session.port_for(self._ports.allocate),
+                port_for=session.ports.__getitem__,
                 session_id=session.sdp_session_id,
                 session_version=session.next_sdp_version(),
             )
         except Exception:
             # Give back ports this attempt took; the session keeps its earlier ones.
-            for index in set(session.ports) - allocated_before:
+            for index in taken:
                 self._ports.release(session.ports.pop(index))
             raise
         session.offer = offer
@@ -418,8 +449,7 @@ class Recorder:
         *,
         retry: bool = False,
     ) -> None:
-        assert self.sip is not None
-        self.stats["sessions_rejected"] += 1
+        self.counters.sessions_rejected += 1
         extra = list(headers)
         if retry:
             extra.append(("Retry-After", str(self.settings.retry_after)))
@@ -434,39 +464,44 @@ class Recorder:
         session.ports.clear()
         session.transition(SessionState.ENDED)
 
-    async def _save_state(self, conn: asyncpg.Connection, session: RecordingSession) -> None:
-        metadata = session.metadata
-        participants = [
-            ParticipantRow(p.id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at, p.present,
-                           normalize_number(p.aor) if p.aor else None)
-            for p in (metadata.participants.values() if metadata else ())
-        ]
-        streams: list[StreamRow] = []
-        accepted = {s.index: s for s in session.streams}
-        for media in session.offer.media if session.offer else ():
-            stream = accepted.get(media.index)
-            streams.append(
-                StreamRow(
-                    m_index=media.index,
-                    label=media.label,
-                    stream_id=session.metadata_stream_id(stream) if stream else None,
-                    kind=media.kind,
-                    accepted=stream is not None,
-                    codec=f"{stream.codec.name}/{stream.codec.rate}" if stream else None,
-                    telephone_event=stream.telephone_event.pt
-                    if stream and stream.telephone_event else None,
-                    srtp_suite=stream.srtp.suite.name if stream and stream.srtp else None,
-                    local_port=stream.local_port if stream else None,
-                    remote_address=stream.remote_address if stream else None,
-                    remote_port=stream.remote_port if stream else None,
-                    direction=media.direction,
-                    senders=session.senders_of(stream) if stream else (),
-                )
+
+def _metadata_event(received_at: datetime, method: str, document: MetadataDocument | None,
+                    xml: str | None) -> MetadataEvent | None:
+    if document is None or xml is None:
+        return None
+    return MetadataEvent(uuid4(), received_at, method, document.datamode, xml)
+
+
+def _session_rows(session: RecordingSession) -> SessionRows:
+    metadata = session.metadata
+    participants = tuple(
+        ParticipantRow(p.id, p.aor, p.aor_raw, p.name, p.joined_at, p.left_at, p.present,
+                       normalize_number(p.aor) if p.aor else None)
+        for p in (metadata.participants.values() if metadata else ())
+    )
+    streams: list[StreamRow] = []
+    accepted = {s.index: s for s in session.streams}
+    for media in session.offer.media if session.offer else ():
+        stream = accepted.get(media.index)
+        streams.append(
+            StreamRow(
+                m_index=media.index,
+                label=media.label,
+                stream_id=session.metadata_stream_id(stream) if stream else None,
+                kind=media.kind,
+                accepted=stream is not None,
+                codec=f"{stream.codec.name}/{stream.codec.rate}" if stream else None,
+                telephone_event=stream.telephone_event.pt
+                if stream and stream.telephone_event else None,
+                srtp_suite=stream.srtp.suite.name if stream and stream.srtp else None,
+                local_port=stream.local_port if stream else None,
+                remote_address=stream.remote_address if stream else None,
+                remote_port=stream.remote_port if stream else None,
+                direction=media.direction,
+                senders=session.senders_of(stream) if stream else (),
             )
-        await recordings.save_session_state(
-            conn, session.recording_id, metadata.session_id if metadata else None,
-            participants, streams,
         )
+    return SessionRows(metadata.session_id if metadata else None, participants, tuple(streams))
 
 
 def _quote(text: str) -> str:

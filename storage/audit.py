@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -60,9 +61,13 @@ def chain_hash(prev: bytes, at: datetime, event: AuditEvent) -> bytes:
 
 
 async def record_audit(
-    db: asyncpg.Pool | asyncpg.Connection, event: AuditEvent, at: datetime | None = None
+    db: asyncpg.Pool | asyncpg.Connection,
+    event: AuditEvent,
+    at: datetime | None = None,
+    event_id: UUID | None = None,
 ) -> int:
-    """Append one event; returns its sequence number."""
+    """Append one event; returns its sequence number. An event with an `event_id` already in the
+    trail (a replayed write-behind journal) is not appended twice: its first seq is returned."""
     at = (at or datetime.now(UTC)).astimezone(UTC)
     event = AuditEvent(
         actor=_storable(event.actor) or "",
@@ -75,14 +80,19 @@ async def record_audit(
     details = json.dumps(dict(event.details or {}), sort_keys=True)
     async with _connection(db) as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        if event_id is not None:
+            known = await conn.fetchval("SELECT seq FROM audit_events WHERE event_id = $1",
+                                        event_id)
+            if known is not None:
+                return int(known)
         prev = await conn.fetchval("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
         digest = chain_hash(prev or GENESIS, at, event)
         seq: int = await conn.fetchval(
             """INSERT INTO audit_events (at, actor, action, target, source, outcome, details,
-                                         prev_hash, hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9) RETURNING seq""",
+                                         prev_hash, hash, event_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10) RETURNING seq""",
             at, event.actor, event.action, event.target, event.source, event.outcome, details,
-            prev or GENESIS, digest,
+            prev or GENESIS, digest, event_id,
         )
     return seq
 

@@ -5,7 +5,8 @@ Takes plain rows, knows nothing of SIP; the SIPREC service maps its session stat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -14,6 +15,17 @@ from uuid import UUID
 import asyncpg
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection  # both have execute/fetch
+
+
+@asynccontextmanager
+async def _transaction(db: Executor) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a pool's connection, or within the given connection."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +127,19 @@ async def add_metadata_event(
     sip_method: str,
     datamode: str,
     document: str,
+    op_id: UUID | None = None,
 ) -> None:
+    """Append one metadata event; a replayed write (same op_id) adds nothing."""
     await db.execute(
-        """INSERT INTO metadata_events (recording_id, received_at, sip_method, datamode, document)
-           VALUES ($1, $2, $3, $4, $5)""",
+        """INSERT INTO metadata_events (recording_id, received_at, sip_method, datamode, document,
+                                        op_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (op_id) DO NOTHING""",
         recording_id,
         received_at,
         sip_method,
         datamode,
         document,
+        op_id,
     )
 
 
@@ -220,10 +236,12 @@ class MediaResult:
     signing_key_id: str
     stream_stats: dict[int, dict[str, int]]
     """m-line index → packet statistics."""
+    no_media: bool = False
+    """No stream delivered a single packet: not a good 0-second recording."""
 
 
 async def save_media_start(
-    db: asyncpg.Pool,
+    db: Executor,
     recording_id: UUID,
     *,
     file_path: str,
@@ -232,11 +250,12 @@ async def save_media_start(
     master_key_id: str,
     wrapped_key: bytes,
 ) -> None:
-    """Before any audio is written: the wrapped data key and where the file goes."""
-    async with db.acquire() as conn, conn.transaction():
+    """Before any audio is written: the wrapped data key and where the file goes. Replaying it
+    (the write-behind journal) changes nothing."""
+    async with _transaction(db) as conn:
         await conn.execute(
             """INSERT INTO recording_keys (recording_id, master_key_id, wrapped_key)
-               VALUES ($1, $2, $3)""",
+               VALUES ($1, $2, $3) ON CONFLICT (recording_id) DO NOTHING""",
             recording_id,
             master_key_id,
             wrapped_key,
@@ -258,13 +277,13 @@ async def save_media_start(
             )
 
 
-async def save_media_result(db: asyncpg.Pool, recording_id: UUID, result: MediaResult) -> None:
-    async with db.acquire() as conn, conn.transaction():
+async def save_media_result(db: Executor, recording_id: UUID, result: MediaResult) -> None:
+    async with _transaction(db) as conn:
         await conn.execute(
             """UPDATE recordings SET duration_ms = $2, plaintext_sha256 = $3,
                    ciphertext_sha256 = $4, plaintext_bytes = $5, ciphertext_bytes = $6,
                    pauses = $7, dtmf_events = $8, recovered = $9, summary = $10,
-                   signature = $11, signing_key_id = $12
+                   signature = $11, signing_key_id = $12, no_media = $13
                WHERE id = $1""",
             recording_id,
             result.duration_ms,
@@ -278,6 +297,7 @@ async def save_media_result(db: asyncpg.Pool, recording_id: UUID, result: MediaR
             result.summary,
             result.signature,
             result.signing_key_id,
+            result.no_media,
         )
         for m_index, stats in result.stream_stats.items():
             await conn.execute(

@@ -24,9 +24,11 @@ STREAM_IDLE_TIMEOUT = 3600.0
 
 
 class SipEndpoint:
-    def __init__(self, agent: SipAgent, on_event: Callable[[SipEvent], None]) -> None:
+    def __init__(self, agent: SipAgent,
+                 on_event: Callable[[SipEvent], None] | None = None) -> None:
         self.agent = agent
-        self._on_event = on_event
+        self.on_event: Callable[[SipEvent], None] = on_event or (lambda event: None)
+        """Where the agent's events go: the transaction user (the recorder)."""
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -120,7 +122,7 @@ class SipEndpoint:
                     break
                 if event is not None:
                     try:
-                        self._on_event(event)
+                        self.on_event(event)
                     except Exception:  # noqa: BLE001
                         self.stats["handler_errors"] += 1
                         log.exception("sip_event_handler_failed", event=type(event).__name__)

@@ -178,6 +178,12 @@ def negotiate(
     return Negotiation(answer, tuple(streams), tuple(declined))
 
 
+def acceptable_m_lines(offer: SessionDescription, prefs: AnswerPreferences) -> list[int]:
+    """The m-line indexes `negotiate` would accept (each needs a local port): ports can be
+    allocated before negotiating, so that negotiation itself stays pure."""
+    return [media.index for media in offer.media if not isinstance(_choose(media, prefs), str)]
+
+
 def _address_type(local_address: str) -> str:
     if not local_address or any(ch.isspace() for ch in local_address):
         raise ValueError(f"local_address {local_address!r} cannot be put in SDP")

@@ -4,7 +4,6 @@ local ports, and its metadata state. Sans-IO; the recorder service drives it."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -57,17 +56,6 @@ class RecordingSession:
         if new not in _ALLOWED[self.state]:
             raise IllegalTransition(f"{self.state.value} -> {new.value}")
         self.state = new
-
-    def port_for(self, allocate: Callable[[], int]) -> Callable[[int], int]:
-        """The negotiation's port callback: one port per m-line index for the whole session,
-        so a re-INVITE keeps every stream where it is."""
-
-        def port(index: int) -> int:
-            if index not in self.ports:
-                self.ports[index] = allocate()
-            return self.ports[index]
-
-        return port
 
     def unused_ports(self) -> list[int]:
         """Ports of m-lines the current negotiation no longer accepts (to release)."""
