@@ -11,11 +11,15 @@ import asyncpg
 from aiohttp import web
 
 from siprec_server.logs import get_logger
+from storage.errors import StorageUnavailable, is_unavailable
+from storage.write_behind import WriteBehind
 
 log = get_logger("api")
 
 DB_KEY = web.AppKey("db", asyncpg.Pool)
 RECORDER_KEY = web.AppKey("recorder", object)
+WRITES_KEY = web.AppKey("writes", object)
+DATABASE_RETRY_AFTER_S = 5
 
 
 MAX_JSON_BODY = 64 * 1024
@@ -62,15 +66,23 @@ async def read_json_object(
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: 200 when the database answers and no write waits for it; 503
+    and "degraded" otherwise (recording goes on; new calls are refused until it is back)."""
     db = request.app[DB_KEY]
     try:
         await db.fetchval("SELECT 1", timeout=2)
         database = "ok"
     except Exception:  # noqa: BLE001 - any failure means the database is not usable
         database = "unreachable"
-    status = 200 if database == "ok" else 503
-    return web.json_response({"status": "ok" if status == 200 else "degraded",
-                              "database": database}, status=status)
+    body: dict[str, Any] = {"database": database}
+    writes = request.app.get(WRITES_KEY)
+    waiting = 0
+    if isinstance(writes, WriteBehind):
+        waiting = writes.pending
+        body["waiting_writes"] = waiting
+    healthy = database == "ok" and waiting == 0
+    body = {"status": "ok" if healthy else "degraded", **body}
+    return web.json_response(body, status=200 if healthy else 503)
 
 
 def storable_text(text: str) -> bool:
@@ -134,14 +146,21 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except ApiInputError as exc:
         return error(exc.status, exc.code, str(exc))
     except Exception as exc:  # noqa: BLE001 - the client gets JSON, the log gets the kind
+        if isinstance(exc, StorageUnavailable) or is_unavailable(exc):
+            response = error(503, "database_unavailable",
+                             "the recordings database is unavailable; retry shortly")
+            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+            return response
         log.error("api_request_failed", route=request.match_info.route.resource.canonical
                   if request.match_info.route.resource else "?", error=type(exc).__name__)
         return error(500, "internal_error", "the request could not be completed")
 
 
-def create_api(*, db: asyncpg.Pool, recorder: object) -> web.Application:
+def create_api(*, db: asyncpg.Pool, recorder: object,
+               writes: object | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
     app[DB_KEY] = db
     app[RECORDER_KEY] = recorder
+    app[WRITES_KEY] = writes
     app.router.add_get("/healthz", healthz)
     return app

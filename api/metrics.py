@@ -125,6 +125,12 @@ class Metrics:
         self._media_now: dict[str, int] = {}
         self._exported: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._components: list[tuple[str, str, object]] = []
+
+    def register(self, prefix: str, help_text: str, counters: object) -> None:
+        """Export a component's counters dataclass: one counter `<prefix>_<field>_total` per
+        int field (e.g. the database supervisor's restarts, the write-behind's outages)."""
+        self._components.append((prefix, help_text, counters))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests[(route, method, str(status))].observe(seconds)
@@ -200,14 +206,25 @@ class Metrics:
             latency.add(histogram.total, "_sum", **labels)
             latency.add(histogram.count, "_count", **labels)
         out += [requests, latency]
+        for prefix, help_text, counters in self._components:
+            for name, value in sorted(_numeric_stats_of(counters).items()):
+                family = _Family(f"{prefix}_{name}_total", "counter", f"{help_text}: {name}.")
+                family.add(value)
+                out.append(family)
         return out
 
 
-def _numeric_stats(owner: Any) -> dict[str, int]:
-    counters = getattr(owner, "counters", None)
+def _numeric_stats_of(counters: object) -> dict[str, int]:
     if dataclasses.is_dataclass(counters) and not isinstance(counters, type):
         return {k: int(v) for k, v in dataclasses.asdict(counters).items()
                 if isinstance(v, int)}
+    return {}
+
+
+def _numeric_stats(owner: Any) -> dict[str, int]:
+    counters = _numeric_stats_of(getattr(owner, "counters", None))
+    if counters:
+        return counters
     stats = getattr(owner, "stats", None)
     if not isinstance(stats, Mapping):
         return {}

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import ensure_bootstrap_admin, setup_identity
+from api.metrics import METRICS_KEY
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import AccessError
 from siprec_server.config import (
@@ -37,11 +38,13 @@ from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.node import NodeMembership
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
 from storage.keys import KeyRing, LocalKeyStore
+from storage.nodes import NodeInUse
 from storage.recording_store import RecordingStore
 from storage.signing import load_or_create_signing_key
 from storage.write_behind import WriteBehind
@@ -94,6 +97,7 @@ class RunningServer:
     config: Config
     lock: DataDirLock
     database: DatabaseHandle
+    node: NodeMembership
     writes: WriteBehind
     sip: SipEndpoint
     recorder: Recorder
@@ -114,6 +118,7 @@ class RunningServer:
             await self.api_runner.cleanup()
             await self.sip.close()
             await self.writes.close()
+            await self.node.leave()
             await self.database.close()
         finally:
             self.lock.release()
@@ -160,7 +165,13 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     media: MediaService | None = None
     sip: SipEndpoint | None = None
     writes: WriteBehind | None = None
+    node = NodeMembership(db, node_id, data_dir)
     try:
+        try:
+            await node.join()  # before recovery: it must not touch a live server's calls
+        except NodeInUse as exc:
+            raise StartupError(str(exc)) from None
+        database.supervise()
         keys = await open_key_ring(db, data_dir / "keys", node_id)
         try:
             bootstrap_password = await ensure_bootstrap_admin(
@@ -247,11 +258,16 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
         )
         api_host, api_port = parse_host_port(config.api.listen)
-        api = create_api(db=db, recorder=recorder)
+        api = create_api(db=db, recorder=recorder, writes=writes)
         setup_identity(api, token_ttl_s=config.auth.token_ttl)
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = keys
         setup_recordings(api)
+        metrics = api[METRICS_KEY]
+        metrics.register("siprec_database", "The database and its supervision",
+                         database.counters)
+        metrics.register("siprec_database_writes", "Writes that waited for the database",
+                         writes.counters)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(
@@ -273,9 +289,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             await media.close()
         if writes is not None:
             await writes.close()
+        await node.leave()
         await database.close()
         raise
-    server = RunningServer(config, lock, database, writes, sip, recorder, media, runner,
+    server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
                            api_address, bound)
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")

@@ -49,7 +49,7 @@ _DEFERRABLE = frozenset({
 _CODEC = Codec((MetadataEvent, SessionRows, ParticipantRow, StreamRow, MediaStart, MediaResult,
                 AuditEvent))
 _PROBE_FIRST_S = 0.5
-_PROBE_MAX_S = 5.0
+_PROBE_MAX_S = 2.0
 
 
 @dataclass

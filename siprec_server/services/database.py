@@ -12,6 +12,7 @@ With `[database] url` set, both connect to it. Otherwise the data_dir's embedded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -25,6 +26,63 @@ from storage.embedded_postgres import EmbeddedPostgres, cluster_root_for
 log = get_logger("database")
 
 
+_CHECK_INTERVAL_S = 1.0
+_RESTART_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class DatabaseCounters:
+    embedded_restarts: int = 0
+    """Times the embedded PostgreSQL was found dead and started again."""
+    embedded_restart_failures: int = 0
+    """Attempts to start it again that failed (retried with back-off)."""
+
+
+class ClusterSupervisor:
+    """Keeps the embedded cluster running: when its postmaster dies (OOM killer, an operator's
+    kill, a crash), it is started again, with back-off while starting fails. Calls in progress
+    keep recording meanwhile; their writes wait in the write-behind."""
+
+    def __init__(self, cluster: EmbeddedPostgres, counters: DatabaseCounters) -> None:
+        self._cluster = cluster
+        self._counters = counters
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_CHECK_INTERVAL_S)
+            if self._cluster.is_running():
+                continue
+            log.error("embedded_postgres_died", data=str(self._cluster.data_dir))
+            backoff = 1.0
+            while True:
+                try:
+                    await loop.run_in_executor(None, self._cluster.start)
+                except Exception as exc:  # noqa: BLE001 - logged, counted, retried
+                    self._counters.embedded_restart_failures += 1
+                    log.error("embedded_postgres_restart_failed", error=str(exc)[:300],
+                              retry_in_s=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _RESTART_BACKOFF_MAX_S)
+                    continue
+                self._counters.embedded_restarts += 1
+                log.warning("embedded_postgres_restarted",
+                            restarts=self._counters.embedded_restarts)
+                break
+
+
 @dataclass
 class DatabaseHandle:
     """An open pool, and what must be undone when it is closed."""
@@ -36,10 +94,22 @@ class DatabaseHandle:
     """Whether closing stops the cluster: only the process that owns it does."""
     lock: DataDirLock | None = field(default=None, repr=False)
     """A lock a command took for its own duration, released on close."""
+    counters: DatabaseCounters = field(default_factory=DatabaseCounters)
+    _supervisor: ClusterSupervisor | None = field(default=None, repr=False)
+
+    def supervise(self) -> None:
+        """The server's own embedded cluster is restarted when it dies."""
+        if self.cluster is not None and self.stop_cluster and self._supervisor is None:
+            self._supervisor = ClusterSupervisor(self.cluster, self.counters)
+            self._supervisor.start()
 
     async def close(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.close()
         try:
-            await self.pool.close()
+            await asyncio.wait_for(self.pool.close(), timeout=10)
+        except TimeoutError:
+            self.pool.terminate()
         finally:
             try:
                 if self.cluster is not None and self.stop_cluster:
