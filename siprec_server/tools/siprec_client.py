@@ -8,10 +8,11 @@ was sent, per call and per stream, in a `RunReport`.
 
 Layers, as in the server:
 
-- sans-IO pieces with no clock and no socket: G.711 encoders, `PayloadEncoder` (PyAV for G.722
-  and Opus), `RtpStream` (the packets of one stream, tick by tick: sequence numbers, timestamps,
-  marker, RFC 4733 telephone events), `Impairment` (seeded loss / reorder / duplication) and the
-  INVITE body builders (SDP offer, RFC 7865 metadata, multipart/mixed);
+- sans-IO pieces with no clock and no socket: `PayloadEncoder` (G.711 by the encoders of
+  media.codecs, PyAV for G.722 and Opus), `RtpStream` (the packets of one stream, tick by
+  tick: sequence numbers, timestamps, marker, RFC 4733 telephone events), `Impairment` (seeded
+  loss / reorder / duplication) and the INVITE body builders (SDP offer, RFC 7865 metadata,
+  multipart/mixed);
 - the asyncio edge: one SIP link per transport (shared by every call), a small client
   transaction per request (RFC 3261 17.1 retransmission on T1 doubling over UDP), and ONE pacer
   task that sends the due packets of every stream of every call on a common grid of packet
@@ -57,6 +58,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from siprec_server.media.codecs import encode_alaw, encode_ulaw
 from siprec_server.media.srtp import SrtpSender, srtp_sender
 from siprec_server.media.srtp_suites import find_suite
 from siprec_server.sip.message import (
@@ -104,9 +106,7 @@ __all__ = [
     "default_streams",
     "dtmf_overrides",
     "dtmf_tone",
-    "encode_alaw",
     "encode_source",
-    "encode_ulaw",
     "parse_server",
     "read_answer",
     "run_calls",
@@ -186,33 +186,6 @@ def codec_spec(name: str) -> CodecSpec:
     if name.strip().upper().startswith("G729"):
         raise SiprecClientError("G.729 cannot be sent: PyAV has no G.729 encoder (receive-only)")
     raise SiprecClientError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")
-
-
-# G.711 by table-free arithmetic. floor(log2(i)) for i in 1..255 gives the segment number.
-_SEGMENT: Final = np.array([0] + [int(math.log2(i)) for i in range(1, 256)], dtype=np.int32)
-
-
-def encode_ulaw(pcm: npt.NDArray[Any]) -> bytes:
-    """ITU-T G.711 mu-law: bias 0x84, clip at 32635, bits inverted on the wire."""
-    x = np.asarray(pcm).astype(np.int32)
-    negative = (x < 0).astype(np.int32)
-    magnitude = np.minimum(np.abs(x), 32635) + 0x84
-    exponent = _SEGMENT[magnitude >> 7]
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    code = (negative << 7) | (exponent << 4) | mantissa
-    return bytes((code ^ 0xFF).astype(np.uint8))
-
-
-def encode_alaw(pcm: npt.NDArray[Any]) -> bytes:
-    """ITU-T G.711 A-law: sign bit set for positive values, even bits inverted (XOR 0x55)."""
-    x = np.asarray(pcm).astype(np.int32)
-    positive = (x >= 0).astype(np.int32)
-    magnitude = np.minimum(np.abs(x), 32767)
-    high = magnitude >> 8
-    exponent = np.where(high > 0, _SEGMENT[high] + 1, 0)
-    mantissa = np.where(exponent > 0, magnitude >> (exponent + 3), magnitude >> 4) & 0x0F
-    code = (positive << 7) | (exponent << 4) | mantissa
-    return bytes((code ^ 0x55).astype(np.uint8))
 
 
 class PayloadEncoder:
