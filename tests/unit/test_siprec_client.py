@@ -31,30 +31,32 @@ from siprec_server.siprec.multipart import find_part, metadata_part, split_body
 from siprec_server.siprec.request import check_recording_session, read_body
 from siprec_server.siprec.sdp import parse_sdp
 from siprec_server.siprec.sdp_answer import AnswerPreferences, negotiate
-from siprec_server.tools import loadgen
+from siprec_server.tools import loadgen, siprec_client
 from siprec_server.tools.siprec_client import (
     CODECS,
-    DTMF_END_REPEATS,
     CallPlan,
     DtmfDigit,
     Hold,
-    Impairment,
     Impairments,
-    OfferedMedia,
     Participant,
-    PayloadEncoder,
-    RtpStream,
     SiprecClientError,
-    SrcDialog,
     StreamPlan,
-    build_metadata,
-    build_offer_sdp,
     codec_spec,
     default_streams,
-    dtmf_overrides,
-    encode_source,
+)
+from siprec_server.tools.siprec_client.dialog import SrcDialog
+from siprec_server.tools.siprec_client.invite import (
+    OfferedMedia,
+    build_metadata,
+    build_offer_sdp,
     read_answer,
-    tone_frame,
+)
+from siprec_server.tools.siprec_client.payloads import PayloadEncoder, encode_source, tone_frame
+from siprec_server.tools.siprec_client.rtp import (
+    DTMF_END_REPEATS,
+    Impairment,
+    RtpStream,
+    dtmf_overrides,
 )
 from tests.audio import dominant_frequency, tone, tone_level_db
 
@@ -521,3 +523,19 @@ def test_command_line_refuses_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         loadgen.main(argv)
     assert exit_info.value.code == 2
+
+
+# --- the package -------------------------------------------------------------------------------
+
+
+def test_the_package_exports_what_it_takes_to_plan_run_and_read_calls() -> None:
+    # The sans-IO pieces (RtpStream, SrcDialog, build_offer_sdp...) are imported from their
+    # modules; the package itself is what the load generator and the end-to-end tests use.
+    assert sorted(siprec_client.__all__) == sorted([
+        "CODECS", "T1", "AudioSource", "CallPlan", "CallReport", "CodecSpec", "DtmfDigit",
+        "DtmfSent", "Hold", "Impairments", "Participant", "RunReport", "SenderStats",
+        "ServerAddress", "SipExchange", "SiprecClientError", "StreamPlan", "StreamReport",
+        "codec_spec", "default_streams", "parse_server", "run_calls",
+    ])
+    for name in siprec_client.__all__:
+        assert hasattr(siprec_client, name), name
