@@ -1,10 +1,13 @@
-"""Audio decoders for the recorded RTP payload formats, and integer-ratio resampling.
+"""Audio decoders for the recorded RTP payload formats, G.711 encoders, and integer-ratio
+resampling.
 
 Decoding is done in batches at pull time, not per packet: `AudioDecoder.decode` takes the
 payloads of many packets and returns one int16 mono array per payload, so the caller can place
 each one on its timeline and leave silence for the packets that never came.
 
-- PCMU/PCMA: G.711 expansion through a 256-entry lookup table over the joined payloads.
+- PCMU/PCMA: G.711 expansion through a 256-entry lookup table over the joined payloads. The
+  encoders (`encode_ulaw`, `encode_alaw`) sit beside it; the recorder never encodes G.711, but
+  the test client and the tests do, and the round trip is pinned against these tables.
 - G.722: FFmpeg's decoder via PyAV. Audio is 16 kHz although the RTP clock is 8 kHz
   (RFC 3551 4.5.2), so one timestamp unit is two samples.
 - G.729 (and Annex A/B on the wire): FFmpeg's decoder for the 10-byte frames; a 2-byte Annex B
@@ -36,6 +39,8 @@ __all__ = [
     "RtpCodec",
     "Resampler",
     "decoder_for",
+    "encode_alaw",
+    "encode_ulaw",
     "opus_packet_samples",
     "resample",
 ]
@@ -94,6 +99,32 @@ def _alaw_table() -> Pcm:
 
 ULAW_TO_LINEAR: Final[Pcm] = _ulaw_table()
 ALAW_TO_LINEAR: Final[Pcm] = _alaw_table()
+
+# G.711 compression by table-free arithmetic. floor(log2(i)) for i in 1..255 gives the segment.
+_SEGMENT: Final = np.array([0] + [int(math.log2(i)) for i in range(1, 256)], dtype=np.int32)
+
+
+def encode_ulaw(pcm: npt.NDArray[Any]) -> bytes:
+    """ITU-T G.711 mu-law: bias 0x84, clip at 32635, bits inverted on the wire."""
+    x = np.asarray(pcm).astype(np.int32)
+    negative = (x < 0).astype(np.int32)
+    magnitude = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = _SEGMENT[magnitude >> 7]
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    code = (negative << 7) | (exponent << 4) | mantissa
+    return bytes((code ^ 0xFF).astype(np.uint8))
+
+
+def encode_alaw(pcm: npt.NDArray[Any]) -> bytes:
+    """ITU-T G.711 A-law: sign bit set for positive values, even bits inverted (XOR 0x55)."""
+    x = np.asarray(pcm).astype(np.int32)
+    positive = (x >= 0).astype(np.int32)
+    magnitude = np.minimum(np.abs(x), 32767)
+    high = magnitude >> 8
+    exponent = np.where(high > 0, _SEGMENT[high] + 1, 0)
+    mantissa = np.where(exponent > 0, magnitude >> (exponent + 3), magnitude >> 4) & 0x0F
+    code = (positive << 7) | (exponent << 4) | mantissa
+    return bytes((code ^ 0x55).astype(np.uint8))
 
 
 def _split(pcm: Pcm, lengths: list[int]) -> list[Pcm]:

@@ -13,8 +13,8 @@ import asyncpg
 import numpy as np
 import pytest
 
+from siprec_server.media.codecs import encode_ulaw
 from siprec_server.siprec.sdp import parse_sdp
-from siprec_server.tools.siprec_client import encode_ulaw
 from storage.database import create_pool
 from storage.keys import LocalKeyStore
 from storage.playback import read_all

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from siprec_server.app import RunningServer, start_server
 from siprec_server.config import load_config
+from siprec_server.media.codecs import encode_ulaw
 from siprec_server.sip.message import SipRequest, build_response
 from siprec_server.siprec.sdp import parse_sdp
-from siprec_server.tools.siprec_client import encode_ulaw
 from storage import recordings
 from storage.playback import read_all
 from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db

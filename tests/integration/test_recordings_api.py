@@ -30,8 +30,8 @@ from api.auth_api import setup_identity
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import PasswordHashing, new_api_token, token_digest
 from siprec_server.app import RunningServer
+from siprec_server.media.codecs import encode_ulaw
 from siprec_server.siprec.sdp import parse_sdp
-from siprec_server.tools.siprec_client import encode_ulaw
 from storage import recordings, users
 from storage.audit import verify_audit_chain
 from storage.keys import (

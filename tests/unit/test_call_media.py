@@ -8,11 +8,10 @@ import struct
 import numpy as np
 
 from siprec_server.media.call import CallMedia, SrtpSpec, StreamSpec
-from siprec_server.media.codecs import RtpCodec
+from siprec_server.media.codecs import RtpCodec, encode_ulaw
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.srtp import srtp_sender
 from siprec_server.media.srtp_suites import find_suite
-from siprec_server.tools.siprec_client import encode_ulaw
 from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
 
 PCMU = {0: RtpCodec("PCMU", 8000), 101: RtpCodec("telephone-event", 8000)}

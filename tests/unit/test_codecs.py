@@ -1,4 +1,4 @@
-"""Decoders for the recorded payload formats and the integer-ratio resampler.
+"""Decoders for the recorded payload formats, G.711 encoders, the integer-ratio resampler.
 
 References are independent of the code under test: FFmpeg's own G.711 codecs and its G.722 and
 Opus encoders via PyAV. FFmpeg has no G.729 encoder, so G.729 is covered for frame splitting,
@@ -19,6 +19,8 @@ from siprec_server.media.codecs import (
     CodecError,
     Resampler,
     decoder_for,
+    encode_alaw,
+    encode_ulaw,
     opus_packet_samples,
     resample,
 )
@@ -54,6 +56,28 @@ def ffmpeg_decode(codec: str, payload: bytes, rate: int) -> np.ndarray:
 
 
 # --- G.711 -------------------------------------------------------------------------------------
+
+
+def test_ulaw_encoder_inverts_the_recorders_expansion_table() -> None:
+    codes = np.frombuffer(encode_ulaw(ULAW_TO_LINEAR), dtype=np.uint8)
+    expected = np.arange(256)
+    expected[0x7F] = 0xFF  # mu-law's negative zero expands to 0, which encodes as positive zero
+    assert codes.tolist() == expected.tolist()
+
+
+def test_alaw_encoder_inverts_the_recorders_expansion_table() -> None:
+    codes = np.frombuffer(encode_alaw(ALAW_TO_LINEAR), dtype=np.uint8)
+    assert codes.tolist() == list(range(256))
+
+
+@pytest.mark.parametrize(("encode", "table"), [(encode_ulaw, ULAW_TO_LINEAR),
+                                               (encode_alaw, ALAW_TO_LINEAR)])
+def test_g711_round_trip_stays_within_one_quantisation_step(encode, table) -> None:  # type: ignore[no-untyped-def]
+    pcm = np.random.default_rng(1).integers(-32768, 32768, 20000).astype(np.int16)
+    back = table[np.frombuffer(encode(pcm), dtype=np.uint8)].astype(np.int32)
+    error = np.abs(back - pcm.astype(np.int32))
+    # A segment's step is 1/16 (A-law) or 1/16..1/32 (mu-law) of its magnitude, plus the bias.
+    assert np.all(error <= np.abs(pcm.astype(np.int32)) / 16 + 136)
 
 
 @pytest.mark.parametrize("law,table", [("pcm_mulaw", ULAW_TO_LINEAR), ("pcm_alaw", ALAW_TO_LINEAR)])

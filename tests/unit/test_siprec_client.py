@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from siprec_server.media.codecs import (
-    ALAW_TO_LINEAR,
     ULAW_TO_LINEAR,
     G722Decoder,
     OpusDecoder,
@@ -32,32 +31,32 @@ from siprec_server.siprec.multipart import find_part, metadata_part, split_body
 from siprec_server.siprec.request import check_recording_session, read_body
 from siprec_server.siprec.sdp import parse_sdp
 from siprec_server.siprec.sdp_answer import AnswerPreferences, negotiate
-from siprec_server.tools import loadgen
+from siprec_server.tools import loadgen, siprec_client
 from siprec_server.tools.siprec_client import (
     CODECS,
-    DTMF_END_REPEATS,
     CallPlan,
     DtmfDigit,
     Hold,
-    Impairment,
     Impairments,
-    OfferedMedia,
     Participant,
-    PayloadEncoder,
-    RtpStream,
     SiprecClientError,
-    SrcDialog,
     StreamPlan,
-    build_metadata,
-    build_offer_sdp,
     codec_spec,
     default_streams,
-    dtmf_overrides,
-    encode_alaw,
-    encode_source,
-    encode_ulaw,
+)
+from siprec_server.tools.siprec_client.dialog import SrcDialog
+from siprec_server.tools.siprec_client.invite import (
+    OfferedMedia,
+    build_metadata,
+    build_offer_sdp,
     read_answer,
-    tone_frame,
+)
+from siprec_server.tools.siprec_client.payloads import PayloadEncoder, encode_source, tone_frame
+from siprec_server.tools.siprec_client.rtp import (
+    DTMF_END_REPEATS,
+    Impairment,
+    RtpStream,
+    dtmf_overrides,
 )
 from tests.audio import dominant_frequency, tone, tone_level_db
 
@@ -68,28 +67,6 @@ from tests.audio import dominant_frequency, tone, tone_level_db
 def test_twenty_ms_payload_is_160_bytes(codec: str) -> None:
     payloads = encode_source(CODECS[codec], 440.0, 10)
     assert [len(p) for p in payloads] == [160] * 10
-
-
-def test_ulaw_encoder_inverts_the_recorders_expansion_table() -> None:
-    codes = np.frombuffer(encode_ulaw(ULAW_TO_LINEAR), dtype=np.uint8)
-    expected = np.arange(256)
-    expected[0x7F] = 0xFF  # mu-law's negative zero expands to 0, which encodes as positive zero
-    assert codes.tolist() == expected.tolist()
-
-
-def test_alaw_encoder_inverts_the_recorders_expansion_table() -> None:
-    codes = np.frombuffer(encode_alaw(ALAW_TO_LINEAR), dtype=np.uint8)
-    assert codes.tolist() == list(range(256))
-
-
-@pytest.mark.parametrize(("encode", "table"), [(encode_ulaw, ULAW_TO_LINEAR),
-                                               (encode_alaw, ALAW_TO_LINEAR)])
-def test_g711_round_trip_stays_within_one_quantisation_step(encode, table) -> None:  # type: ignore[no-untyped-def]
-    pcm = np.random.default_rng(1).integers(-32768, 32768, 20000).astype(np.int16)
-    back = table[np.frombuffer(encode(pcm), dtype=np.uint8)].astype(np.int32)
-    error = np.abs(back - pcm.astype(np.int32))
-    # A segment's step is 1/16 (A-law) or 1/16..1/32 (mu-law) of its magnitude, plus the bias.
-    assert np.all(error <= np.abs(pcm.astype(np.int32)) / 16 + 136)
 
 
 def test_tone_frames_join_into_one_continuous_sine() -> None:
@@ -546,3 +523,19 @@ def test_command_line_refuses_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         loadgen.main(argv)
     assert exit_info.value.code == 2
+
+
+# --- the package -------------------------------------------------------------------------------
+
+
+def test_the_package_exports_what_it_takes_to_plan_run_and_read_calls() -> None:
+    # The sans-IO pieces (RtpStream, SrcDialog, build_offer_sdp...) are imported from their
+    # modules; the package itself is what the load generator and the end-to-end tests use.
+    assert sorted(siprec_client.__all__) == sorted([
+        "CODECS", "T1", "AudioSource", "CallPlan", "CallReport", "CodecSpec", "DtmfDigit",
+        "DtmfSent", "Hold", "Impairments", "Participant", "RunReport", "SenderStats",
+        "ServerAddress", "SipExchange", "SiprecClientError", "StreamPlan", "StreamReport",
+        "codec_spec", "default_streams", "parse_server", "run_calls",
+    ])
+    for name in siprec_client.__all__:
+        assert hasattr(siprec_client, name), name
