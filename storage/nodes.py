@@ -34,7 +34,12 @@ async def claim_node(db: asyncpg.Pool, claim: NodeClaim, now: datetime) -> None:
     async with db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT * FROM nodes WHERE node_id = $1 FOR UPDATE", claim.node_id)
-        if (row is not None and row["instance_id"] != claim.instance_id
+        # The same host and data_dir is this installation restarting after a crash: the data_dir
+        # lock we hold proves the previous instance is gone, whatever its last heartbeat says.
+        same_installation = row is not None and (row["host"], row["data_dir"]) == (
+            claim.host, claim.data_dir)
+        if (row is not None and not same_installation
+                and row["instance_id"] != claim.instance_id
                 and row["heartbeat_at"] is not None
                 and row["heartbeat_at"] > now - STALE_AFTER):
             raise NodeInUse(

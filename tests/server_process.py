@@ -49,7 +49,8 @@ class ServerProcess:
                     if not line:
                         raise EOFError
         except (TimeoutError, EOFError):
-            self.proc.kill()
+            if self.proc.returncode is None:
+                self.proc.kill()
             _out, err = await self.proc.communicate()
             raise AssertionError(f"server did not start: {seen!r} {err[-3000:]!r}") from None
         self.banner = seen.decode()

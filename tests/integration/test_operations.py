@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from siprec_server.media.codecs import encode_ulaw
 from siprec_server.siprec.sdp import parse_sdp
-from siprec_server.tools.siprec_client import encode_ulaw
 from storage.embedded_postgres import EmbeddedPostgres, cluster_root_for
 from tests.audio import tone
 from tests.integration.conftest import server_env
@@ -206,3 +206,33 @@ async def test_make_run_works_in_a_clone_postgres_cannot_enter() -> None:
             cluster.stop()
         shutil.rmtree(relocated, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_second_server_under_a_live_node_id_is_refused_before_recovery(
+    db_dsn: str, data_dir: Path
+) -> None:
+    """Two data_dirs, one database, one node_id (a copied config): the second would seal the
+    first one's live calls as its own crash leftovers. It is refused instead."""
+    first_env = server_env(db_dsn, data_dir, sip__listen=f"udp:127.0.0.1:{free_port()}",
+                           api__listen=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                           media__bind_address="127.0.0.1")
+    first = ServerProcess(first_env)
+    await first.start()
+    other_dir = Path(tempfile.mkdtemp(prefix="siprec-test-data-"))
+    try:
+        async with SipTestClient("udp", ("127.0.0.1", sip_port(first_env))) as src:
+            response, dialog = await src.invite(interop_case("oracle_acme_1"))
+            assert response.status == 200 and dialog is not None
+            second_env = {**first_env, "SIPREC_SERVER__DATA_DIR": str(other_dir),
+                          "SIPREC_SIP__LISTEN": f"udp:127.0.0.1:{free_port()}",
+                          "SIPREC_API__LISTEN": f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"}
+            code, out, err = await run_cli(second_env, "run", timeout=30)
+            assert code == 1, err
+            assert "node_id 'test-node' is in use" in err.splitlines()[-1], err
+            assert f"pid {first.pid}" in err.splitlines()[-1]
+            assert (await src.bye(dialog)).status == 200
+        code, out, err = await run_cli(first_env, "verify", "--all")
+        assert code == 0 and "1 checked, 0 failed" in out, out + err
+    finally:
+        await first.stop()
+        shutil.rmtree(other_dir, ignore_errors=True)
