@@ -234,6 +234,8 @@ SCHEMAS: dict[str, Schema] = {
     "Health": _object(["status", "database"], {
         "status": {"type": "string", "enum": ["ok", "degraded"]},
         "database": {"type": "string", "enum": ["ok", "unreachable"]},
+        "waiting_writes": {"type": "integer", "minimum": 0,
+                           "description": "writes of recordings waiting for the database"},
     }),
     "ErasureRequest": _object(["reason"], {
         "reason": {"type": "string", "minLength": 1, "maxLength": 500,
@@ -439,7 +441,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {"summary": "Liveness and database reachability", "security": _PUBLIC,
                 "tags": ["meta"],
                 "responses": {"200": _json("Health"),
-                              "503": _json("Health", "database unreachable")}},
+                              "503": _json("Health", "database unreachable, or writes still wait for it")}},
     },
     "/metrics": {
         "get": {"summary": "Prometheus text exposition format", "security": _PUBLIC,

@@ -64,7 +64,7 @@ async def test_healthz_over_https_with_the_pinned_certificate(
         async with session.get(base_url(https_server) + "/healthz",
                                ssl=pinned(certificate[0])) as response:
             assert response.status == 200
-            assert await response.json() == {"status": "ok", "database": "ok"}
+            assert await response.json() == {"status": "ok", "database": "ok", "waiting_writes": 0}
         # Not trusted without the pin: the client's own verification refuses it, which shows
         # the answer above came from that certificate and not from verification being off.
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
