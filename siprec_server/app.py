@@ -27,6 +27,7 @@ from siprec_server.config import (
     Config,
     ConfigError,
     StartupError,
+    TlsConfig,
     parse_host_port,
     parse_listen,
 )
@@ -35,7 +36,8 @@ from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
 from siprec_server.media_service import MediaService
-from siprec_server.net.sip_transport import SipEndpoint
+from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
+from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.database import DatabaseHandle, open_server_database
 from siprec_server.services.node import NodeMembership
@@ -125,12 +127,20 @@ class RunningServer:
         log.info("stopped")
 
 
-def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
-    if not cert_file:
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    """Server-side TLS 1.2+; with a CA file, mutual TLS: a client certificate it issued is
+    required (an SBC without one cannot even complete the handshake)."""
+    if not tls.cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.ca_file:
+            context.load_verify_locations(cafile=tls.ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"TLS certificate or key unusable: {exc}") from None
     return context
 
 
@@ -206,6 +216,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 config.media.dtmf_sequence_timeout,
             ),
             inactivity_timeout=config.media.inactivity_timeout,
+            min_free_bytes=config.server.min_free_disk_mb * 2**20,
         )
         recovered = await media.recover()
         if recovered:
@@ -228,7 +239,14 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 min_se=config.sip.min_se,
             )
         )
-        sip = SipEndpoint(agent)
+        sip = SipEndpoint(agent, limits=TransportLimits(
+            sources=SourcePolicy.from_config(config.sip.allow_from),
+            max_connections=config.sip.max_connections,
+            max_connections_per_source=config.sip.max_connections_per_source,
+            message_timeout=config.sip.message_timeout,
+            idle_timeout=config.sip.idle_timeout,
+            untrusted_rate=config.sip.untrusted_rate,
+        ))
         recorder = Recorder(
             RecorderSettings(
                 node_id=node_id,
@@ -241,6 +259,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 max_sessions=config.sip.max_sessions,
                 retry_after=config.sip.retry_after,
                 require_siprec=config.sip.require_siprec,
+                sources=SourcePolicy.from_config(config.sip.allow_from),
+                max_sessions_per_source=config.sip.max_sessions_per_source,
+                max_streams=config.sip.max_streams,
+                sdes_over_plain_sip=config.sip.sdes_over_plain_sip,
             ),
             storage=writes,
             sip=sip,
@@ -249,11 +271,16 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         )
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
+        media.on_storage_full = lambda session: recorder.end_session(session, "disk space low")
+        media.disk.start()
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),
-            sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file)),
+            sip.listen(listen, _tls_context(config.sip.tls)),
         )
         bound = sip.bound_addresses()
+        if sip.limits.sources.loopback_only and not all(is_loopback(h) for _k, h, _p in bound):
+            log.warning("sip_allow_from_loopback_only",
+                        hint="SRCs on other hosts are refused until sip.allow_from lists them")
         agent.settings = dataclasses.replace(
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
         )
@@ -274,7 +301,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             runner,
             api_host,
             api_port,
-            ssl_context=_tls_context(config.api.tls.cert_file, config.api.tls.key_file),
+            ssl_context=_tls_context(config.api.tls),
         )
         try:
             await _listening(f"the API on {config.api.listen}", site.start())

@@ -10,6 +10,8 @@ recorder; the media core itself never sees a socket, a key store or the database
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import socket
 from collections import Counter
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from uuid import UUID
 
+from siprec_server.disk_guard import DiskGuard
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
     CallMedia,
@@ -66,7 +69,8 @@ class MediaStorage(Protocol):
     async def mark_ended(self, recording_id: UUID, state: str, reason: str,
                          at: datetime) -> None: ...
 
-    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]: ...
+    async def unfinished_media(self, node_id: str,
+                               include_recording: bool = True) -> list[dict[str, Any]]: ...
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
 
@@ -76,6 +80,10 @@ class MediaCounters:
     bind_failures: int = 0
     tick_errors: int = 0
     calls_failed: int = 0
+    calls_cut_by_disk: int = 0
+    """Calls ended because recording storage ran low (sealed with what was written)."""
+    left_unsealed: int = 0
+    """Recordings whose final chunk could not be written (ENOSPC); sealed when space is back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +187,8 @@ class _ActiveCall:
     data_key: bytes
     started: float
     timed_out: bool = False
+    cut: bool = False
+    """Ended for lack of disk space."""
 
 
 class MediaService:
@@ -194,8 +204,10 @@ class MediaService:
         ports: PortAllocator,
         dtmf_control: DtmfControl | None = None,
         inactivity_timeout: float = 300.0,
+        min_free_bytes: int = 0,
     ) -> None:
         self._dir = data_dir / "recordings"
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._storage = storage
         self._keys = keys
         self._signer = signer
@@ -206,6 +218,10 @@ class MediaService:
         self._inactivity_timeout = inactivity_timeout
         self.on_inactive: Callable[[RecordingSession], None] | None = None
         """Called once when a session's media has been silent for the inactivity timeout."""
+        self.on_storage_full: Callable[[RecordingSession], None] | None = None
+        """Called once per call ended for lack of disk space (the recorder hangs it up)."""
+        self.disk = DiskGuard(self._dir, min_free_bytes, on_low=self._cut_all,
+                              on_recovered=self._reseal_later)
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
@@ -325,12 +341,21 @@ class MediaService:
             call.file.flush()
             os.fsync(call.file.fileno())
         except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
-            self.counters.calls_failed += 1
-            log.error("media_close_failed", recording_id=str(session.recording_id),
-                      error=repr(exc))
+            if _no_space(exc) or call.cut:
+                # Its final chunk could not be written: the file stays as it is (every complete
+                # chunk readable) and is sealed once there is space again.
+                session.storage_full = True
+                self.counters.left_unsealed += 1
+                self.disk.exhausted()
+                log.error("recording_left_unsealed", recording_id=str(session.recording_id))
+            else:
+                self.counters.calls_failed += 1
+                log.error("media_close_failed", recording_id=str(session.recording_id),
+                          error=repr(exc))
             return
         finally:
-            call.file.close()
+            with contextlib.suppress(OSError):
+                call.file.close()
         for stream in report.streams:
             self._finished_packets.update(_packet_counts(stream))
         await self._store_result(
@@ -373,8 +398,12 @@ class MediaService:
                     call.media.tick(now)
                 except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
                     self.counters.tick_errors += 1
-                    log.error("media_tick_failed", recording_id=str(recording_id),
-                              error=repr(exc))
+                    if _no_space(exc):
+                        self.disk.exhausted()
+                        self._cut(call)
+                    elif not call.cut:
+                        log.error("media_tick_failed", recording_id=str(recording_id),
+                                  error=repr(exc))
                 last = call.media.last_packet or call.started
                 if (not call.timed_out and now - last > self._inactivity_timeout
                         and self.on_inactive is not None):
@@ -383,7 +412,33 @@ class MediaService:
                                 seconds=round(now - last))
                     self.on_inactive(call.session)
 
+    # ---------------------------------------------------------------- storage running out
+
+    @property
+    def disk_low(self) -> bool:
+        return self.disk.low
+
+    def _cut_all(self) -> None:
+        for call in list(self._calls.values()):
+            self._cut(call)
+
+    def _cut(self, call: _ActiveCall) -> None:
+        """End a call for lack of space: the recorder hangs up, stop() seals what was written."""
+        if call.cut:
+            return
+        call.cut = True
+        call.session.storage_full = True
+        self.counters.calls_cut_by_disk += 1
+        log.error("recording_cut_disk_low", recording_id=str(call.session.recording_id))
+        if self.on_storage_full is not None:
+            self.on_storage_full(call.session)
+
+    def _reseal_later(self) -> None:
+        task = asyncio.ensure_future(self.recover(include_recording=False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def close(self) -> None:
+        await self.disk.close()
         if self._ticker is not None:
             self._ticker.cancel()
         for port in list(self._sockets):
@@ -457,12 +512,16 @@ class MediaService:
             ),
         )
 
-    async def recover(self) -> int:
-        """Seal every file this node left open (a crash): each complete chunk stays readable,
-        the recording is marked interrupted and signed as recovered."""
+    async def recover(self, include_recording: bool = True) -> int:
+        """Seal every file this node left open (a crash, or a disk that filled up): each
+        complete chunk stays readable, the recording is marked interrupted and signed as
+        recovered. At start-up `include_recording` takes the recordings still marked as
+        recording (nothing of this node runs yet); later only those already ended."""
         count = 0
-        for row in await self._storage.unfinished_media(self._node_id):
+        for row in await self._storage.unfinished_media(self._node_id, include_recording):
             recording_id: UUID = row["id"]
+            if recording_id in self._calls:
+                continue
             try:
                 key = await self._storage.recording_key(recording_id)
                 if key is None:
@@ -498,6 +557,10 @@ class MediaService:
     def _path_for(self, session: RecordingSession) -> Path:
         day = session.started_at.astimezone(UTC)
         return self._dir / f"{day:%Y/%m/%d}" / f"{session.recording_id}.srec"
+
+
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _create_private(path: Path) -> BinaryIO:

@@ -187,8 +187,9 @@ class WriteBehind:
 
     # ------------------------------------------------------------ start-up reads (need the database)
 
-    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]:
-        return await self.store.unfinished_media(node_id)
+    async def unfinished_media(self, node_id: str,
+                               include_recording: bool = True) -> list[dict[str, Any]]:
+        return await self.store.unfinished_media(node_id, include_recording)
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None:
         return await self.store.recording_key(recording_id)
