@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
+from siprec_server.sip.counters import SipCounters
 from siprec_server.sip.events import (
     DialogConfirmed,
     DialogEnded,
@@ -190,16 +191,7 @@ class SipAgent:
         self._next_txn = 0
         self._now_hint = 0.0
         """The `now` of the call into the core being processed (timers scheduled from it)."""
-        self.stats: dict[str, int] = {
-            "requests": 0,
-            "responses_sent": 0,
-            "retransmissions_absorbed": 0,
-            "parse_errors": 0,
-            "dropped": 0,
-            "keepalives": 0,
-            "unanswered": 0,
-            "session_refreshes": 0,
-        }
+        self.counters = SipCounters()
 
     # ---------------------------------------------------------------- the transport's side
 
@@ -208,12 +200,12 @@ class SipAgent:
         self._now_hint = now
         if not data.strip(b"\r\n"):
             # CRLF keep-alives (RFC 5626 §3.5.1) also arrive as datagrams; they are no error.
-            self.stats["keepalives"] += 1
+            self.counters.keepalives += 1
             return
         try:
             message = parse_message(data, datagram=not peer.reliable)
         except SipParseError as exc:
-            self.stats["parse_errors"] += 1
+            self.counters.parse_errors += 1
             partial = exc.partial
             if partial is not None and partial.method != "ACK":
                 self._stateless_reply(partial, peer, exc.status, exc.reason)
@@ -221,12 +213,12 @@ class SipAgent:
         if isinstance(message, SipResponse):
             self._receive_response(message, now)
             return
-        self.stats["requests"] += 1
+        self.counters.requests += 1
         try:
             self._receive_request(message, peer, now)
         except SipParseError as exc:
             # A header the dispatch needed turned out malformed (e.g. a From we must parse).
-            self.stats["parse_errors"] += 1
+            self.counters.parse_errors += 1
             if message.method != "ACK":
                 self._stateless_reply(message, peer, exc.status, exc.reason)
 
@@ -332,7 +324,7 @@ class SipAgent:
         key = self._transaction_key(request)
         existing = self._server.get(key)
         if existing is not None:
-            self.stats["retransmissions_absorbed"] += 1
+            self.counters.retransmissions_absorbed += 1
             # RFC 6026 §7.1: in Accepted the 2xx is retransmitted by its own timer, not here.
             if existing.last_response is not None and existing.state != "accepted":
                 self._outgoing.append(Outgoing(existing.last_response, existing.reply_to))
@@ -347,7 +339,7 @@ class SipAgent:
         try:
             self._process(txn, now)
         except SipParseError as exc:
-            self.stats["parse_errors"] += 1
+            self.counters.parse_errors += 1
             self._reply(txn, exc.status, now, reason=exc.reason)
 
     def _process(self, txn: _ServerTransaction, now: float) -> None:
@@ -463,7 +455,7 @@ class SipAgent:
         number, _ = request.cseq
         if dialog is None or dialog.unacked_2xx is None or number != dialog.unacked_cseq:
             if dialog is None or dialog.ended:
-                self.stats["dropped"] += 1
+                self.counters.dropped += 1
             return
         dialog.unacked_2xx = None
         dialog.offer_in_2xx = False
@@ -524,7 +516,7 @@ class SipAgent:
     def _send_response(self, txn: _ServerTransaction, response: SipResponse, now: float) -> None:
         self._now_hint = now
         data = response.to_bytes()
-        self.stats["responses_sent"] += 1
+        self.counters.responses_sent += 1
         self._outgoing.append(Outgoing(data, txn.reply_to))
         txn.last_response = data
         status = response.status
@@ -574,7 +566,7 @@ class SipAgent:
         64*T1), so close the transaction with 408 rather than keep it forever."""
         if txn.final_status:
             return
-        self.stats["unanswered"] += 1
+        self.counters.unanswered += 1
         self._reply(txn, 408, now, reason="No answer from the recording service")
 
     def _stateless_reply(
@@ -591,7 +583,7 @@ class SipAgent:
         except SipParseError:
             return
         response = self._response(request, status, reason, secrets.token_hex(6), headers or [], b"")
-        self.stats["responses_sent"] += 1
+        self.counters.responses_sent += 1
         self._outgoing.append(Outgoing(response.to_bytes(), reply_to))
 
     # ---------------------------------------------------------------- INVITE outcomes, dialogs
@@ -784,7 +776,7 @@ class SipAgent:
         if dialog.ended or interval is None:
             return
         dialog.session_timer = None
-        self.stats["session_refreshes"] += 1
+        self.counters.session_refreshes += 1
         headers = [
             ("Contact", self.settings.contact(dialog.peer.transport)),
             ("Session-Expires", f"{interval};refresher=uas"),
@@ -915,11 +907,11 @@ class SipAgent:
         try:
             branch = response.top_via.branch or ""
         except SipParseError:
-            self.stats["dropped"] += 1
+            self.counters.dropped += 1
             return
         txn = self._client.get(branch)
         if txn is None:
-            self.stats["dropped"] += 1
+            self.counters.dropped += 1
         elif response.status >= 200:
             self._client_done(branch, response.status, response, now)
         else:

@@ -89,7 +89,7 @@ def test_retransmitted_invite_before_the_answer_gets_the_100_again_and_no_event(
     agent.receive(invite, SRC_UDP, 0.5)
     assert statuses(sent(agent)) == [100]
     assert events(agent) == []
-    assert agent.stats["retransmissions_absorbed"] == 1
+    assert agent.counters.retransmissions_absorbed == 1
 
 
 def test_retransmitted_invite_after_a_180_gets_the_180() -> None:
@@ -208,7 +208,7 @@ def test_unanswered_invite_gets_408_after_64_t1() -> None:
     out = run_until(agent, 64 * T1)
     assert statuses(out) == [408]
     assert agent.respond(txn, 200, 40.0, body=SDP) is False
-    assert agent.stats["unanswered"] == 1
+    assert agent.counters.unanswered == 1
 
 
 def test_accepted_invite_transaction_absorbs_retransmissions_until_timer_l() -> None:
@@ -904,15 +904,15 @@ def test_unrespondable_garbage_is_dropped_silently() -> None:
     agent.receive(request("INVITE", omit=["Call-ID"]), SRC_UDP, 0.0)
     agent.receive(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", SRC_UDP, 0.0)  # TLS hello
     assert sent(agent) == [] and events(agent) == []
-    assert agent.stats["parse_errors"] == 2
+    assert agent.counters.parse_errors == 2
 
 
 def test_crlf_keepalive_datagrams_are_not_errors() -> None:
     agent = make_agent()
     agent.receive(b"\r\n\r\n", SRC_UDP, 0.0)
     agent.receive(b"\r\n", SRC_UDP, 0.0)
-    assert sent(agent) == [] and agent.stats["parse_errors"] == 0
-    assert agent.stats["keepalives"] == 2
+    assert sent(agent) == [] and agent.counters.parse_errors == 0
+    assert agent.counters.keepalives == 2
 
 
 def test_cseq_method_mismatch_gets_400() -> None:

@@ -1,0 +1,28 @@
+"""What the SIP core counts, for /metrics: one typed field per kind, so that a misspelt counter
+is a type error rather than a new series."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class SipCounters:
+    requests: int = 0
+    """Requests parsed (retransmissions included)."""
+    responses_sent: int = 0
+    """Responses put on the wire for the first time (retransmissions not counted)."""
+    retransmissions_absorbed: int = 0
+    """Requests that matched a server transaction already under way."""
+    parse_errors: int = 0
+    dropped: int = 0
+    """Responses and ACKs that matched no transaction or dialog."""
+    keepalives: int = 0
+    """CRLF keep-alives (RFC 5626 §3.5.1)."""
+    unanswered: int = 0
+    """Requests the transaction user left unanswered for 64*T1 (answered 408)."""
+    session_refreshes: int = 0
+    """Session refresh UPDATEs we sent (RFC 4028, we are the refresher)."""
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
