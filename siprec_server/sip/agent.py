@@ -17,8 +17,6 @@ request the transaction user leaves unanswered for 64*T1 gets 408, so no transac
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -46,8 +44,12 @@ from siprec_server.sip.message import (
     header_param,
     parse_address,
     parse_message,
-    parse_via,
-    split_list,
+)
+from siprec_server.sip.routing import (
+    bracket_host,
+    reply_destination,
+    request_destination,
+    stamp_via,
 )
 from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
 
@@ -60,7 +62,6 @@ DEFAULT_ACCEPT = (
     "multipart/mixed",
 )
 DEFAULT_SUPPORTED = ("siprec", "timer")
-_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9\-.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +317,7 @@ class SipAgent:
     # ---------------------------------------------------------------- requests
 
     def _receive_request(self, request: SipRequest, peer: Peer, now: float) -> None:
-        self._stamp_via(request, peer)
+        stamp_via(request, peer)
         method = request.method
         if method == "ACK":
             self._receive_ack(request)
@@ -578,8 +579,8 @@ class SipAgent:
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
         try:
-            self._stamp_via(request, peer)
-            reply_to = self._reply_destination(request, peer)
+            stamp_via(request, peer)
+            reply_to = reply_destination(request, peer)
         except SipParseError:
             return
         response = self._response(request, status, reason, secrets.token_hex(6), headers or [], b"")
@@ -853,7 +854,7 @@ class SipAgent:
         dialog.local_cseq = max(dialog.local_cseq + 1, 1)
         headers = Headers()
         headers.add(
-            "Via", f"SIP/2.0/{transport.upper()} {_host(host)}:{port};branch={branch};rport"
+            "Via", f"SIP/2.0/{transport.upper()} {bracket_host(host)}:{port};branch={branch};rport"
         )
         headers.add("Max-Forwards", "70")
         headers.add("From", dialog.local_uri)
@@ -866,7 +867,7 @@ class SipAgent:
             headers.add(name, value)
         headers.add("User-Agent", self.settings.server)
         request = SipRequest(headers, b"", method, dialog.remote_target)
-        peer = self._request_destination(dialog)
+        peer = request_destination(dialog.peer, dialog.route_set, dialog.remote_target)
         data = request.to_bytes()
         txn = _ClientTransaction(branch, data, peer, self.settings.timers.t1, on_final)
         self._client[branch] = txn
@@ -918,20 +919,6 @@ class SipAgent:
             # RFC 3261 §17.1.2.2: after a provisional response Timer E runs at T2.
             txn.interval = self.settings.timers.t2
 
-    def _request_destination(self, dialog: _Dialog) -> Peer:
-        if dialog.peer.reliable:
-            return dialog.peer
-        target = dialog.route_set[0] if dialog.route_set else f"<{dialog.remote_target}>"
-        try:
-            uri = parse_address(target).uri
-        except SipParseError:
-            return dialog.peer
-        host = uri.host.strip("[]")
-        port = uri.port or 5060
-        if not host or not 0 < port < 65536:
-            return dialog.peer  # e.g. a tel: Contact: the SRC's source address is all we have
-        return Peer("udp", host, port)
-
     # ---------------------------------------------------------------- helpers
 
     def _new_transaction(
@@ -941,7 +928,7 @@ class SipAgent:
         txn_id = f"t{self._next_txn}"
         to_tag = request.to_tag or secrets.token_hex(6)
         txn = _ServerTransaction(
-            txn_id, key, request, peer, self._reply_destination(request, peer), to_tag
+            txn_id, key, request, peer, reply_destination(request, peer), to_tag
         )
         txn.timeout = self._timers.schedule(
             now + 64 * self.settings.timers.t1, partial(self._answer_overdue, txn)
@@ -994,45 +981,6 @@ class SipAgent:
     def _dialog_id_of_request(request: SipRequest) -> str:
         return _dialog_id(request.call_id, request.to_tag or "", request.from_tag or "")
 
-    @staticmethod
-    def _stamp_via(request: SipRequest, peer: Peer) -> None:
-        """RFC 3261 §18.2.1 received= and RFC 3581 §4 rport= on the top Via."""
-        vias = request.headers.get_all("Via")
-        if not vias:
-            raise SipParseError("Missing Via")
-        values = split_list(vias[0])
-        if not values:
-            raise SipParseError("Missing Via")
-        top = values[0]
-        via = parse_via(top)
-        stamped = top
-        if "rport" in via.params:
-            # RFC 3581 §4: received is added even when it equals the sent-by host.
-            stamped = _set_param(stamped, "rport", str(peer.port))
-            stamped = _set_param(stamped, "received", peer.host)
-        elif _host_differs(via.host, peer.host):
-            stamped = _set_param(stamped, "received", peer.host)
-        if stamped != top:
-            values[0] = stamped
-            request.headers.replace_first("Via", ", ".join(values))
-
-    @staticmethod
-    def _reply_destination(request: SipRequest, peer: Peer) -> Peer:
-        """RFC 3261 §18.2.2 and RFC 3581 §4: where an unreliable response goes.
-
-        Reliable transports answer on the connection the request came on. Over UDP the host is
-        the source address: `received` equals it once stamped, and a `received` or `rport`
-        value the client wrote itself must not redirect our responses elsewhere."""
-        if peer.reliable:
-            return peer
-        via = request.top_via
-        maddr = via.params.get("maddr")
-        if maddr and _HOST_RE.fullmatch(maddr):
-            return Peer("udp", maddr.strip("[]"), via.port or 5060)
-        if "rport" in via.params:
-            return Peer("udp", peer.host, peer.port)
-        return Peer("udp", peer.host, via.port or 5060)
-
 
 def _dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
     return f"{call_id};{local_tag};{remote_tag}"
@@ -1050,23 +998,6 @@ def _uri_of(address: str) -> str:
             end = address.find(">", i)
             return address[i + 1 : end].strip()
     return address.strip().split(";", 1)[0].strip()
-
-
-def _set_param(via: str, name: str, value: str) -> str:
-    head, *params = via.split(";")
-    kept = [p for p in params if p.strip().split("=", 1)[0].strip().lower() != name]
-    return ";".join([head.rstrip(), *kept, f"{name}={value}"])
-
-
-def _host_differs(via_host: str, source: str) -> bool:
-    try:
-        return ipaddress.ip_address(via_host.strip("[]")) != ipaddress.ip_address(source)
-    except ValueError:
-        return True
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _delta_seconds(value: str) -> int | None:
