@@ -41,7 +41,6 @@ from siprec_server.sip.message import (
     SipResponse,
     ascii_digits,
     build_response,
-    header_param,
     parse_address,
     parse_message,
 )
@@ -50,6 +49,13 @@ from siprec_server.sip.routing import (
     reply_destination,
     request_destination,
     stamp_via,
+)
+from siprec_server.sip.session_timer import (
+    ClientOutcome,
+    Negotiated,
+    SessionTimer,
+    negotiate,
+    refusal,
 )
 from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
 
@@ -115,17 +121,6 @@ class _ServerTransaction:
                 handle.cancel()
 
 
-@dataclass(frozen=True, slots=True)
-class _SessionTimer:
-    """The outcome of an RFC 4028 negotiation for one 2xx."""
-
-    interval: int
-    refresher: str
-    """"uac": the SRC refreshes and we BYE when it stops; "uas": we refresh with UPDATE."""
-    require: bool
-    """The SRC supports timers, so the 2xx carries Require: timer (RFC 4028 §9)."""
-
-
 @dataclass(slots=True)
 class _Dialog:
     id: str
@@ -153,17 +148,10 @@ class _Dialog:
     ack_retransmit: TimerHandle | None = None
     ack_timeout: TimerHandle | None = None
     ack_interval: float = 0.0
-    session_interval: int | None = None
-    session_refresher: str = "uac"
-    session_started: float = 0.0
-    session_timer: TimerHandle | None = None
+    session: SessionTimer = field(init=False)
     ended: bool = False
     bye_after_ack: str | None = None
     """We hung up before the ACK of our 2xx: the reason of the BYE that waits for it."""
-
-
-_ClientOutcome = Callable[[int, "SipResponse | None", float], None]
-"""Called with the final status (408 on Timer F), the response if any, and `now`."""
 
 
 @dataclass(slots=True)
@@ -174,7 +162,7 @@ class _ClientTransaction:
     data: bytes
     peer: Peer
     interval: float
-    on_final: _ClientOutcome | None = None
+    on_final: ClientOutcome | None = None
     retransmit: TimerHandle | None = None
     timeout: TimerHandle | None = None
 
@@ -262,11 +250,16 @@ class SipAgent:
             return False  # already answered 487 when the dialog ended
         success = 200 <= status < 300
         extra = Headers(headers)
-        session: _SessionTimer | None = None
+        session: Negotiated | None = None
         if method in ("INVITE", "UPDATE") and success:
-            session = self._negotiate_session_timer(request, dialog)
+            session = negotiate(
+                request,
+                session_expires=self.settings.session_expires,
+                min_se=self.settings.min_se,
+                dialog_allows_update=dialog is not None and dialog.peer_allows_update,
+            )
             if session is not None:
-                extra.add("Session-Expires", f"{session.interval};refresher={session.refresher}")
+                extra.add("Session-Expires", session.header())
                 if session.require:
                     extra.add("Require", "timer")
         if method == "INVITE" and 100 < status < 300:
@@ -288,7 +281,7 @@ class SipAgent:
         elif method == "UPDATE" and success and dialog is not None:
             if txn.new_target:
                 dialog.remote_target = txn.new_target
-            self._start_session_timer(dialog, session, now)
+            dialog.session.start(session, now)
         self._send_response(txn, response, now)
         return True
 
@@ -594,7 +587,7 @@ class SipAgent:
         txn: _ServerTransaction,
         response: SipResponse,
         now: float,
-        session: _SessionTimer | None,
+        session: Negotiated | None,
     ) -> None:
         request = txn.request
         dialog = self._dialogs.get(txn.dialog) if txn.dialog is not None else None
@@ -612,6 +605,11 @@ class SipAgent:
                 remote_cseq=request.cseq[0],
                 peer=txn.peer,
                 peer_allows_update="update" in request.headers.tokens("Allow"),
+            )
+            dialog.session = SessionTimer(
+                self._timers,
+                partial(self._send_session_refresh, dialog),
+                partial(self._session_expired, dialog),
             )
             self._dialogs[dialog.id] = dialog
             txn.dialog = dialog.id
@@ -634,7 +632,7 @@ class SipAgent:
         dialog.ack_timeout = self._timers.schedule(
             now + 64 * timers.t1, partial(self._ack_never_came, dialog)
         )
-        self._start_session_timer(dialog, session, now)
+        dialog.session.start(session, now)
 
     def _retransmit_2xx(self, dialog: _Dialog, reply_to: Peer) -> Callable[[float], None]:
         def fire(now: float) -> None:
@@ -662,13 +660,12 @@ class SipAgent:
         if dialog.ended:
             return
         dialog.ended = True
-        handles = [dialog.session_timer]
+        dialog.session.stop()
         if dialog.bye_after_ack is None:
             dialog.unacked_2xx = None
-            handles += [dialog.ack_retransmit, dialog.ack_timeout]
-        for handle in handles:
-            if handle:
-                handle.cancel()
+            for handle in (dialog.ack_retransmit, dialog.ack_timeout):
+                if handle:
+                    handle.cancel()
         # RFC 3261 §15.1.2: requests still pending on the dialog get 487.
         for txn_id in sorted(dialog.open_txns):
             if (pending := self._by_id.get(txn_id)) is not None:
@@ -687,96 +684,15 @@ class SipAgent:
     # ---------------------------------------------------------------- session timers (RFC 4028)
 
     def _session_interval_acceptable(self, txn: _ServerTransaction, now: float) -> bool:
-        value = txn.request.headers.get("Session-Expires")
-        if value is None:
+        refused = refusal(txn.request, self.settings.min_se)
+        if refused is None:
             return True
-        interval = _delta_seconds(value)
-        if interval is None:
-            self._reply(txn, 400, now, reason="Malformed Session-Expires")
-            return False
-        if interval < self.settings.min_se:
-            # RFC 4028 §9: too short for us → 422 carrying our Min-SE.
-            self._reply(txn, 422, now, headers=[("Min-SE", str(self.settings.min_se))])
-            return False
-        return True
+        self._reply(txn, refused.status, now, reason=refused.reason, headers=refused.headers)
+        return False
 
-    def _negotiate_session_timer(
-        self, request: SipRequest, dialog: _Dialog | None
-    ) -> _SessionTimer | None:
-        """RFC 4028 §9, Table 2, for the 2xx to an INVITE or UPDATE."""
-        h = request.headers
-        supports = "timer" in h.tokens("Supported") | h.tokens("Require")
-        if h.get("Allow"):
-            can_refresh = "update" in h.tokens("Allow")
-        else:
-            can_refresh = dialog is not None and dialog.peer_allows_update
-        value = h.get("Session-Expires")
-        if value is None:
-            if not supports:
-                return None
-            # The SRC supports timers but proposes none: we may ask for one, it refreshes.
-            min_se = _delta_seconds(h.get("Min-SE") or "") or 0
-            interval = max(self.settings.session_expires, self.settings.min_se, min_se)
-            return _SessionTimer(interval, "uac", True)
-        interval = _delta_seconds(value) or self.settings.session_expires
-        requested = _refresher(value)
-        if supports:
-            refresher = requested or "uac"
-            if refresher == "uas" and not can_refresh:
-                # We refresh with UPDATE only; without it we hand the job back to the SRC,
-                # which obeys the refresher of the 2xx (RFC 4028 §7.2).
-                refresher = "uac"
-            return _SessionTimer(interval, refresher, True)
-        # Session-Expires inserted by a proxy for a UAC without timers: the UAS refreshes
-        # (Table 2). Without UPDATE we cannot, so we answer as a UAS without the extension.
-        if can_refresh:
-            return _SessionTimer(interval, "uas", False)
-        return None
-
-    def _start_session_timer(
-        self, dialog: _Dialog, session: _SessionTimer | None, now: float
+    def _send_session_refresh(
+        self, dialog: _Dialog, interval: int, on_final: ClientOutcome, now: float
     ) -> None:
-        if dialog.session_timer:
-            dialog.session_timer.cancel()
-            dialog.session_timer = None
-        if dialog.ended or session is None:
-            # RFC 4028 §7.2/§9: a 2xx without Session-Expires turns the session timer off.
-            dialog.session_interval = None
-            return
-        interval = session.interval
-        dialog.session_interval = interval
-        dialog.session_refresher = session.refresher
-        dialog.session_started = now
-        if session.refresher == "uas":
-            # RFC 4028 §10: the refresher refreshes at half the interval.
-            dialog.session_timer = self._timers.schedule(
-                now + interval / 2, partial(self._refresh_session, dialog)
-            )
-        else:
-            self._expire_session_at(dialog, now + interval - min(32, interval / 3))
-
-    def _expire_session_at(self, dialog: _Dialog, deadline: float) -> None:
-        # RFC 4028 §10: without a refresh, BYE at interval - min(32, interval/3).
-        if dialog.session_timer:
-            dialog.session_timer.cancel()
-        dialog.session_timer = self._timers.schedule(
-            deadline, partial(self._session_expired, dialog)
-        )
-
-    def _session_expired(self, dialog: _Dialog, now: float) -> None:
-        if dialog.ended:
-            return
-        self._send_bye(dialog, now, reason_text="session expired")
-        self._terminate_dialog(dialog, "session-expired", now)
-
-    def _retry_refresh(self, dialog: _Dialog, attempt: int, now: float) -> None:
-        self._refresh_session(dialog, now, attempt)
-
-    def _refresh_session(self, dialog: _Dialog, now: float, attempt: int = 0) -> None:
-        interval = dialog.session_interval
-        if dialog.ended or interval is None:
-            return
-        dialog.session_timer = None
         self.counters.session_refreshes += 1
         headers = [
             ("Contact", self.settings.contact(dialog.peer.transport)),
@@ -784,52 +700,13 @@ class SipAgent:
             ("Min-SE", str(self.settings.min_se)),
             ("Supported", "timer"),
         ]
+        self._send_in_dialog(dialog, "UPDATE", now, headers, on_final)
 
-        def answered(status: int, response: SipResponse | None, at: float) -> None:
-            self._session_refresh_answered(dialog, interval, attempt, status, response, at)
-
-        self._send_in_dialog(dialog, "UPDATE", now, headers, answered)
-
-    def _session_refresh_answered(
-        self,
-        dialog: _Dialog,
-        interval: int,
-        attempt: int,
-        status: int,
-        response: SipResponse | None,
-        now: float,
-    ) -> None:
-        if dialog.ended or dialog.session_interval is None or dialog.session_timer is not None:
-            return  # ended, turned off, or the SRC refreshed meanwhile
-        if 200 <= status < 300 and response is not None:
-            value = response.headers.get("Session-Expires")
-            if value is None:
-                self._start_session_timer(dialog, None, now)
-                return
-            granted = _delta_seconds(value) or interval
-            refresher = _refresher(value) or "uas"
-            self._start_session_timer(dialog, _SessionTimer(granted, refresher, True), now)
+    def _session_expired(self, dialog: _Dialog, now: float) -> None:
+        if dialog.ended:
             return
-        if status == 422 and response is not None and attempt < 2:
-            min_se = _delta_seconds(response.headers.get("Min-SE") or "")
-            if min_se and min_se > interval:
-                dialog.session_interval = min_se
-                self._refresh_session(dialog, now, attempt + 1)
-                return
-        if status == 491 and attempt < 2:
-            # RFC 3261 §14.1: glare; not the Call-ID owner, retry within 0 to 2 seconds.
-            delay = secrets.randbelow(2001) / 1000
-            dialog.session_timer = self._timers.schedule(
-                now + delay, partial(self._retry_refresh, dialog, attempt + 1)
-            )
-            return
-        if status in (408, 481):
-            # RFC 3261 §12.2.1.2: the dialog is gone at the SRC, or the SRC is.
-            self._session_expired(dialog, now)
-            return
-        # Refused for another reason: the session lives until it expires unrefreshed.
-        started = dialog.session_started
-        self._expire_session_at(dialog, max(now, started + interval - min(32, interval / 3)))
+        self._send_bye(dialog, now, reason_text="session expired")
+        self._terminate_dialog(dialog, "session-expired", now)
 
     # ---------------------------------------------------------------- requests we send
 
@@ -844,7 +721,7 @@ class SipAgent:
         method: str,
         now: float,
         extra: list[tuple[str, str]],
-        on_final: _ClientOutcome | None,
+        on_final: ClientOutcome | None,
     ) -> None:
         """A request within the dialog (RFC 3261 §12.2.1.1) on a new client transaction."""
         self._now_hint = now
@@ -998,13 +875,3 @@ def _uri_of(address: str) -> str:
             end = address.find(">", i)
             return address[i + 1 : end].strip()
     return address.strip().split(";", 1)[0].strip()
-
-
-def _delta_seconds(value: str) -> int | None:
-    return ascii_digits(value.split(";", 1)[0])
-
-
-def _refresher(session_expires: str) -> str | None:
-    """The refresher parameter of a Session-Expires value, if it is "uac" or "uas"."""
-    value = (header_param(session_expires, "refresher") or "").lower()
-    return value if value in ("uac", "uas") else None
