@@ -51,15 +51,21 @@ from siprec_server.sip.routing import (
     stamp_via,
 )
 from siprec_server.sip.session_timer import (
-    ClientOutcome,
     Negotiated,
     SessionTimer,
     negotiate,
     refusal,
 )
 from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
+from siprec_server.sip.transaction import (
+    ClientOutcome,
+    ServerTransaction,
+    TransactionLayer,
+    TransactionState,
+    new_branch,
+    transaction_key,
+)
 
-MAGIC_COOKIE = "z9hG4bK"
 DEFAULT_ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
 DEFAULT_ACCEPT = (
     "application/sdp",
@@ -91,34 +97,6 @@ class AgentSettings:
         scheme = "sips" if transport == "tls" else "sip"
         param = f";transport={transport}" if transport != "udp" else ""
         return f"<{scheme}:srs@{host}:{port}{param}>;+sip.srs"
-
-
-@dataclass(slots=True)
-class _ServerTransaction:
-    id: str
-    key: tuple[str, ...]
-    request: SipRequest
-    peer: Peer
-    reply_to: Peer
-    to_tag: str
-    dialog: str | None = None
-    state: str = "proceeding"  # proceeding -> completed|accepted -> confirmed -> terminated
-    last_response: bytes | None = None
-    final_status: int = 0
-    interval: float = 0.0
-    retransmit: TimerHandle | None = None
-    timeout: TimerHandle | None = None
-    new_target: str | None = None
-    """The Contact URI of a target refresh request, applied when it is accepted (RFC 6141)."""
-
-    @property
-    def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
-
-    def cancel_timers(self) -> None:
-        for handle in (self.retransmit, self.timeout):
-            if handle:
-                handle.cancel()
 
 
 @dataclass(slots=True)
@@ -154,39 +132,26 @@ class _Dialog:
     """We hung up before the ACK of our 2xx: the reason of the BYE that waits for it."""
 
 
-@dataclass(slots=True)
-class _ClientTransaction:
-    """A non-INVITE client transaction: the BYE and the session refresh UPDATE we send."""
-
-    branch: str
-    data: bytes
-    peer: Peer
-    interval: float
-    on_final: ClientOutcome | None = None
-    retransmit: TimerHandle | None = None
-    timeout: TimerHandle | None = None
-
-
 class SipAgent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self._timers = TimerQueue()
         self._events: deque[SipEvent] = deque()
         self._outgoing: list[Outgoing] = []
-        self._server: dict[tuple[str, ...], _ServerTransaction] = {}
-        self._by_id: dict[str, _ServerTransaction] = {}
-        self._dialogs: dict[str, _Dialog] = {}
-        self._client: dict[str, _ClientTransaction] = {}
-        self._next_txn = 0
-        self._now_hint = 0.0
-        """The `now` of the call into the core being processed (timers scheduled from it)."""
         self.counters = SipCounters()
+        self._transactions = TransactionLayer(
+            self._timers, settings.timers, self._send, self.counters
+        )
+        self._dialogs: dict[str, _Dialog] = {}
+        # The tables by their old names: tests check that nothing is left in them.
+        self._server = self._transactions.server
+        self._by_id = self._transactions.by_id
+        self._client = self._transactions.client
 
     # ---------------------------------------------------------------- the transport's side
 
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
         """One complete message (a datagram, or one framed from a stream)."""
-        self._now_hint = now
         if not data.strip(b"\r\n"):
             # CRLF keep-alives (RFC 5626 §3.5.1) also arrive as datagrams; they are no error.
             self.counters.keepalives += 1
@@ -200,7 +165,7 @@ class SipAgent:
                 self._stateless_reply(partial, peer, exc.status, exc.reason)
             return
         if isinstance(message, SipResponse):
-            self._receive_response(message, now)
+            self._transactions.receive_response(message, now)
             return
         self.counters.requests += 1
         try:
@@ -215,6 +180,9 @@ class SipAgent:
         out, self._outgoing = self._outgoing, []
         return out
 
+    def _send(self, item: Outgoing) -> None:
+        self._outgoing.append(item)
+
     def next_event(self) -> SipEvent | None:
         return self._events.popleft() if self._events else None
 
@@ -222,7 +190,6 @@ class SipAgent:
         return self._timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        self._now_hint = now
         self._timers.fire_due(now)
 
     # ---------------------------------------------------------------- the transaction user's side
@@ -239,8 +206,7 @@ class SipAgent:
     ) -> bool:
         """Answer a request from a RequestReceived event. False when the transaction is already
         finished (cancelled, timed out, its dialog ended), in which case nothing is sent."""
-        self._now_hint = now
-        txn = self._by_id.get(txn_id)
+        txn = self._transactions.get(txn_id)
         if txn is None or txn.final_status:
             return False
         request = txn.request
@@ -279,15 +245,14 @@ class SipAgent:
         if method == "INVITE" and success:
             self._accept_invite(txn, response, now, session)
         elif method == "UPDATE" and success and dialog is not None:
-            if txn.new_target:
-                dialog.remote_target = txn.new_target
+            if txn.target:
+                dialog.remote_target = txn.target
             dialog.session.start(session, now)
         self._send_response(txn, response, now)
         return True
 
     def end_dialog(self, dialog_id: str, now: float, reason: str = "local") -> None:
         """Hang up a dialog from our side (BYE), e.g. at shutdown or when media timed out."""
-        self._now_hint = now
         dialog = self._dialogs.get(dialog_id)
         if dialog is None or dialog.ended:
             return
@@ -301,7 +266,7 @@ class SipAgent:
 
     def dialog_of(self, txn_id: str) -> str | None:
         """The dialog a transaction created or belongs to (known once a 2xx was sent)."""
-        txn = self._by_id.get(txn_id)
+        txn = self._transactions.get(txn_id)
         return txn.dialog if txn else None
 
     def dialog_ids(self) -> list[str]:
@@ -313,15 +278,12 @@ class SipAgent:
         stamp_via(request, peer)
         method = request.method
         if method == "ACK":
-            self._receive_ack(request)
+            self._receive_ack(request, now)
             return
-        key = self._transaction_key(request)
-        existing = self._server.get(key)
+        key = transaction_key(request)
+        existing = self._transactions.find(key)
         if existing is not None:
-            self.counters.retransmissions_absorbed += 1
-            # RFC 6026 §7.1: in Accepted the 2xx is retransmitted by its own timer, not here.
-            if existing.last_response is not None and existing.state != "accepted":
-                self._outgoing.append(Outgoing(existing.last_response, existing.reply_to))
+            self._transactions.absorb(existing)
             return
         if method == "CANCEL":
             self._receive_cancel(request, peer, now)
@@ -329,14 +291,14 @@ class SipAgent:
         if len(self._server) >= self.settings.max_transactions:
             self._stateless_reply(request, peer, 503, "Overloaded", [("Retry-After", "5")])
             return
-        txn = self._new_transaction(key, request, peer, now)
+        txn = self._open_transaction(key, request, peer, now)
         try:
             self._process(txn, now)
         except SipParseError as exc:
             self.counters.parse_errors += 1
             self._reply(txn, exc.status, now, reason=exc.reason)
 
-    def _process(self, txn: _ServerTransaction, now: float) -> None:
+    def _process(self, txn: ServerTransaction, now: float) -> None:
         request = txn.request
         method = request.method
         # RFC 3261 §8.2.1 (method) comes before §8.2.2 (header) inspection.
@@ -371,7 +333,7 @@ class SipAgent:
         self._reply(txn, 100, now)
         self._events.append(RequestReceived(txn.id, request, txn.peer, None))
 
-    def _process_in_dialog(self, txn: _ServerTransaction, now: float) -> None:
+    def _process_in_dialog(self, txn: ServerTransaction, now: float) -> None:
         request = txn.request
         dialog = self._dialogs.get(self._dialog_id_of_request(request))
         if dialog is not None and dialog.bye_after_ack is not None and request.method == "BYE":
@@ -420,7 +382,7 @@ class SipAgent:
             if not self._session_interval_acceptable(txn, now):
                 return
             if contacts := request.headers.values("Contact"):
-                txn.new_target = _uri_of(contacts[0])
+                txn.target = _uri_of(contacts[0])
             if request.headers.get("Allow"):
                 dialog.peer_allows_update = "update" in request.headers.tokens("Allow")
             if method == "INVITE":
@@ -432,17 +394,11 @@ class SipAgent:
             return
         self._reply(txn, 405, now, headers=[("Allow", ", ".join(self.settings.allow))])
 
-    def _receive_ack(self, request: SipRequest) -> None:
+    def _receive_ack(self, request: SipRequest, now: float) -> None:
         # ACK for a non-2xx final response: same branch as the INVITE (RFC 3261 §17.2.1).
-        key = self._transaction_key(request, method="INVITE")
-        txn = self._server.get(key)
-        if txn is not None and txn.state == "completed":
-            txn.state = "confirmed"
-            txn.cancel_timers()
-            delay = 0.0 if txn.peer.reliable else self.settings.timers.t4  # Timer I
-            txn.timeout = self._timers.schedule(
-                self._now_hint + delay, partial(self._drop_transaction, txn)
-            )
+        txn = self._transactions.find(transaction_key(request, method="INVITE"))
+        if txn is not None and txn.state is TransactionState.COMPLETED:
+            self._transactions.acknowledged(txn, now)
             return
         # ACK for a 2xx: its own transaction, matched to the dialog (RFC 3261 §13.3.1.4).
         dialog = self._dialogs.get(self._dialog_id_of_request(request))
@@ -458,16 +414,14 @@ class SipAgent:
                 handle.cancel()
         if dialog.bye_after_ack is not None:
             reason, dialog.bye_after_ack = dialog.bye_after_ack, None
-            self._send_bye(dialog, self._now_hint, reason_text=reason)
+            self._send_bye(dialog, now, reason_text=reason)
         elif not dialog.confirmed and not dialog.ended:
             dialog.confirmed = True
             self._events.append(DialogConfirmed(dialog.id))
 
     def _receive_cancel(self, request: SipRequest, peer: Peer, now: float) -> None:
-        key = self._transaction_key(request, method="INVITE")
-        invite = self._server.get(key)
-        cancel_key = self._transaction_key(request)
-        txn = self._new_transaction(cancel_key, request, peer, now)
+        invite = self._transactions.find(transaction_key(request, method="INVITE"))
+        txn = self._open_transaction(transaction_key(request), request, peer, now)
         if invite is None:
             self._reply(txn, 481, now)
             return
@@ -482,7 +436,7 @@ class SipAgent:
 
     def _reply(
         self,
-        txn: _ServerTransaction,
+        txn: ServerTransaction,
         status: int,
         now: float,
         *,
@@ -507,55 +461,19 @@ class SipAgent:
         tag = to_tag if status > 100 else None
         return build_response(request, status, reason, to_tag=tag, headers=headers, body=body)
 
-    def _send_response(self, txn: _ServerTransaction, response: SipResponse, now: float) -> None:
-        self._now_hint = now
-        data = response.to_bytes()
-        self.counters.responses_sent += 1
-        self._outgoing.append(Outgoing(data, txn.reply_to))
-        txn.last_response = data
+    def _send_response(self, txn: ServerTransaction, response: SipResponse, now: float) -> None:
         status = response.status
+        self._transactions.sent(txn, response.to_bytes(), status, now)
         if status < 200:
             return
-        txn.final_status = status
-        txn.cancel_timers()  # the unanswered-request guard
         if txn.dialog is not None and (dialog := self._dialogs.get(txn.dialog)) is not None:
             dialog.open_txns.discard(txn.id)
             if dialog.pending_invite == txn.id:
                 dialog.pending_invite = None
             if dialog.pending_offer == txn.id:
                 dialog.pending_offer = None
-        timers = self.settings.timers
-        reliable = txn.peer.reliable
-        if txn.is_invite and status >= 300:
-            txn.state = "completed"
-            if not reliable:
-                txn.interval = timers.t1
-                txn.retransmit = self._timers.schedule(now + timers.t1, self._timer_g(txn))
-            txn.timeout = self._timers.schedule(
-                now + 64 * timers.t1, partial(self._drop_transaction, txn)
-            )  # Timer H: the ACK never came.
-        elif txn.is_invite:
-            # RFC 6026 "Accepted": absorb INVITE retransmissions until Timer L.
-            txn.state = "accepted"
-            txn.timeout = self._timers.schedule(
-                now + 64 * timers.t1, partial(self._drop_transaction, txn)
-            )
-        else:
-            txn.state = "completed"
-            delay = 0.0 if reliable else 64 * timers.t1  # Timer J
-            txn.timeout = self._timers.schedule(now + delay, partial(self._drop_transaction, txn))
 
-    def _timer_g(self, txn: _ServerTransaction) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            if txn.state != "completed" or txn.last_response is None:
-                return
-            self._outgoing.append(Outgoing(txn.last_response, txn.reply_to))
-            txn.interval = min(2 * txn.interval, self.settings.timers.t2)
-            txn.retransmit = self._timers.schedule(now + txn.interval, fire)
-
-        return fire
-
-    def _answer_overdue(self, txn: _ServerTransaction, now: float) -> None:
+    def _answer_overdue(self, txn: ServerTransaction, now: float) -> None:
         """The transaction user never answered: the SRC gave up long ago (Timer B/F are
         64*T1), so close the transaction with 408 rather than keep it forever."""
         if txn.final_status:
@@ -578,13 +496,13 @@ class SipAgent:
             return
         response = self._response(request, status, reason, secrets.token_hex(6), headers or [], b"")
         self.counters.responses_sent += 1
-        self._outgoing.append(Outgoing(response.to_bytes(), reply_to))
+        self._send(Outgoing(response.to_bytes(), reply_to))
 
     # ---------------------------------------------------------------- INVITE outcomes, dialogs
 
     def _accept_invite(
         self,
-        txn: _ServerTransaction,
+        txn: ServerTransaction,
         response: SipResponse,
         now: float,
         session: Negotiated | None,
@@ -613,8 +531,8 @@ class SipAgent:
             )
             self._dialogs[dialog.id] = dialog
             txn.dialog = dialog.id
-        elif txn.new_target:
-            dialog.remote_target = txn.new_target
+        elif txn.target:
+            dialog.remote_target = txn.target
         dialog.peer = txn.peer
         dialog.unacked_2xx = response.to_bytes()
         dialog.unacked_cseq = request.cseq[0]
@@ -638,7 +556,7 @@ class SipAgent:
         def fire(now: float) -> None:
             if dialog.unacked_2xx is None:
                 return
-            self._outgoing.append(Outgoing(dialog.unacked_2xx, reply_to))
+            self._send(Outgoing(dialog.unacked_2xx, reply_to))
             dialog.ack_interval = min(2 * dialog.ack_interval, self.settings.timers.t2)
             dialog.ack_retransmit = self._timers.schedule(now + dialog.ack_interval, fire)
 
@@ -668,7 +586,7 @@ class SipAgent:
                     handle.cancel()
         # RFC 3261 §15.1.2: requests still pending on the dialog get 487.
         for txn_id in sorted(dialog.open_txns):
-            if (pending := self._by_id.get(txn_id)) is not None:
+            if (pending := self._transactions.get(txn_id)) is not None:
                 self._reply(pending, 487, now)
         dialog.open_txns.clear()
         self._events.append(DialogEnded(dialog.id, reason))
@@ -683,7 +601,7 @@ class SipAgent:
 
     # ---------------------------------------------------------------- session timers (RFC 4028)
 
-    def _session_interval_acceptable(self, txn: _ServerTransaction, now: float) -> bool:
+    def _session_interval_acceptable(self, txn: ServerTransaction, now: float) -> bool:
         refused = refusal(txn.request, self.settings.min_se)
         if refused is None:
             return True
@@ -724,10 +642,9 @@ class SipAgent:
         on_final: ClientOutcome | None,
     ) -> None:
         """A request within the dialog (RFC 3261 §12.2.1.1) on a new client transaction."""
-        self._now_hint = now
         transport = dialog.peer.transport
         host, port = self.settings.local.get(transport) or next(iter(self.settings.local.values()))
-        branch = MAGIC_COOKIE + secrets.token_hex(8)
+        branch = new_branch()
         dialog.local_cseq = max(dialog.local_cseq + 1, 1)
         headers = Headers()
         headers.add(
@@ -745,84 +662,17 @@ class SipAgent:
         headers.add("User-Agent", self.settings.server)
         request = SipRequest(headers, b"", method, dialog.remote_target)
         peer = request_destination(dialog.peer, dialog.route_set, dialog.remote_target)
-        data = request.to_bytes()
-        txn = _ClientTransaction(branch, data, peer, self.settings.timers.t1, on_final)
-        self._client[branch] = txn
-        self._outgoing.append(Outgoing(data, peer))
-        if not peer.reliable:
-            txn.retransmit = self._timers.schedule(now + txn.interval, self._timer_e(txn))
-        txn.timeout = self._timers.schedule(  # Timer F
-            now + 64 * self.settings.timers.t1,
-            partial(self._client_timed_out, branch),
-        )
-
-    def _timer_e(self, txn: _ClientTransaction) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            if txn.branch not in self._client:
-                return
-            self._outgoing.append(Outgoing(txn.data, txn.peer))
-            txn.interval = min(2 * txn.interval, self.settings.timers.t2)
-            txn.retransmit = self._timers.schedule(now + txn.interval, fire)
-
-        return fire
-
-    def _client_done(
-        self, branch: str, status: int, response: SipResponse | None, now: float
-    ) -> None:
-        txn = self._client.pop(branch, None)
-        if txn is None:
-            return
-        for handle in (txn.retransmit, txn.timeout):
-            if handle:
-                handle.cancel()
-        if txn.on_final is not None:
-            txn.on_final(status, response, now)
-
-    def _client_timed_out(self, branch: str, now: float) -> None:
-        self._client_done(branch, 408, None, now)  # Timer F: as if 408 (RFC 3261 §8.1.3.1)
-
-    def _receive_response(self, response: SipResponse, now: float) -> None:
-        try:
-            branch = response.top_via.branch or ""
-        except SipParseError:
-            self.counters.dropped += 1
-            return
-        txn = self._client.get(branch)
-        if txn is None:
-            self.counters.dropped += 1
-        elif response.status >= 200:
-            self._client_done(branch, response.status, response, now)
-        else:
-            # RFC 3261 §17.1.2.2: after a provisional response Timer E runs at T2.
-            txn.interval = self.settings.timers.t2
+        self._transactions.start_client(branch, request.to_bytes(), peer, now, on_final)
 
     # ---------------------------------------------------------------- helpers
 
-    def _new_transaction(
+    def _open_transaction(
         self, key: tuple[str, ...], request: SipRequest, peer: Peer, now: float
-    ) -> _ServerTransaction:
-        self._next_txn += 1
-        txn_id = f"t{self._next_txn}"
-        to_tag = request.to_tag or secrets.token_hex(6)
-        txn = _ServerTransaction(
-            txn_id, key, request, peer, reply_destination(request, peer), to_tag
-        )
-        txn.timeout = self._timers.schedule(
-            now + 64 * self.settings.timers.t1, partial(self._answer_overdue, txn)
-        )
-        self._server[key] = txn
-        self._by_id[txn_id] = txn
-        return txn
+    ) -> ServerTransaction:
+        reply_to = reply_destination(request, peer)
+        return self._transactions.open(key, request, peer, reply_to, now, self._answer_overdue)
 
-    def _drop_transaction(self, txn: _ServerTransaction, _now: float = 0.0) -> None:
-        txn.cancel_timers()
-        txn.state = "terminated"
-        if txn.final_status == 0:
-            txn.final_status = 408
-        self._server.pop(txn.key, None)
-        self._by_id.pop(txn.id, None)
-
-    def _capabilities(self, txn: _ServerTransaction) -> list[tuple[str, str]]:
+    def _capabilities(self, txn: ServerTransaction) -> list[tuple[str, str]]:
         s = self.settings
         return [
             ("Allow", ", ".join(s.allow)),
@@ -831,28 +681,6 @@ class SipAgent:
             ("Accept-Encoding", "identity"),
             ("Contact", s.contact(txn.peer.transport)),
         ]
-
-    @staticmethod
-    def _transaction_key(request: SipRequest, method: str | None = None) -> tuple[str, ...]:
-        via = request.top_via
-        method = method or request.method
-        if method == "ACK":
-            method = "INVITE"
-        branch = via.branch or ""
-        if branch.startswith(MAGIC_COOKIE):
-            return (branch, via.sent_by.lower(), method)
-        # RFC 2543 peers (RFC 3261 §17.2.3): match on the request's identifying fields.
-        number, _ = request.cseq
-        to_tag = request.to_tag if request.method != "ACK" else None
-        return (
-            request.uri,
-            to_tag or "",
-            request.from_tag or "",
-            request.call_id,
-            str(number),
-            via.sent_by.lower(),
-            method,
-        )
 
     @staticmethod
     def _dialog_id_of_request(request: SipRequest) -> str:

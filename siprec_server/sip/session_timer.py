@@ -18,10 +18,8 @@ from functools import partial
 
 from siprec_server.sip.message import SipRequest, SipResponse, ascii_digits, header_param
 from siprec_server.sip.timers import TimerHandle, TimerQueue
+from siprec_server.sip.transaction import ClientOutcome
 from siprec_server.sip.transitions import StateTable
-
-ClientOutcome = Callable[[int, "SipResponse | None", float], None]
-"""Called with the final status (408 on Timer F), the response if any, and `now`."""
 
 SendRefresh = Callable[[int, ClientOutcome, float], None]
 """Sends a refresh UPDATE asking for this interval; the outcome gets its final response."""
