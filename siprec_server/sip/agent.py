@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
 from siprec_server.sip.counters import SipCounters
+from siprec_server.sip.dialog import (
+    Dialog,
+    DialogLayer,
+    DialogState,
+    InviteState,
+    contact_uri,
+    dialog_id,
+    dialog_id_of_request,
+)
 from siprec_server.sip.events import (
     DialogConfirmed,
     DialogEnded,
@@ -41,7 +50,6 @@ from siprec_server.sip.message import (
     SipResponse,
     ascii_digits,
     build_response,
-    parse_address,
     parse_message,
 )
 from siprec_server.sip.routing import (
@@ -56,7 +64,7 @@ from siprec_server.sip.session_timer import (
     negotiate,
     refusal,
 )
-from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
+from siprec_server.sip.timers import TimerQueue, TimerValues
 from siprec_server.sip.transaction import (
     ClientOutcome,
     ServerTransaction,
@@ -99,39 +107,6 @@ class AgentSettings:
         return f"<{scheme}:srs@{host}:{port}{param}>;+sip.srs"
 
 
-@dataclass(slots=True)
-class _Dialog:
-    id: str
-    call_id: str
-    local_tag: str
-    remote_tag: str
-    local_uri: str
-    remote_uri: str
-    remote_target: str
-    route_set: list[str]
-    remote_cseq: int
-    peer: Peer
-    local_cseq: int = 0
-    confirmed: bool = False
-    pending_invite: str | None = None
-    pending_offer: str | None = None
-    """An UPDATE carrying an offer not yet answered (RFC 3311 §5.2)."""
-    offer_in_2xx: bool = False
-    """Our unacknowledged 2xx carries an offer whose answer comes in the ACK."""
-    open_txns: set[str] = field(default_factory=set)
-    """Server transactions of this dialog without a final response yet."""
-    peer_allows_update: bool = False
-    unacked_2xx: bytes | None = None
-    unacked_cseq: int = 0
-    ack_retransmit: TimerHandle | None = None
-    ack_timeout: TimerHandle | None = None
-    ack_interval: float = 0.0
-    session: SessionTimer = field(init=False)
-    ended: bool = False
-    bye_after_ack: str | None = None
-    """We hung up before the ACK of our 2xx: the reason of the BYE that waits for it."""
-
-
 class SipAgent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -142,11 +117,12 @@ class SipAgent:
         self._transactions = TransactionLayer(
             self._timers, settings.timers, self._send, self.counters
         )
-        self._dialogs: dict[str, _Dialog] = {}
+        self._dialog_layer = DialogLayer(self._timers, settings.timers, self._send)
         # The tables by their old names: tests check that nothing is left in them.
         self._server = self._transactions.server
         self._by_id = self._transactions.by_id
         self._client = self._transactions.client
+        self._dialogs = self._dialog_layer.dialogs
 
     # ---------------------------------------------------------------- the transport's side
 
@@ -211,7 +187,7 @@ class SipAgent:
             return False
         request = txn.request
         method = request.method
-        dialog = self._dialogs.get(txn.dialog) if txn.dialog is not None else None
+        dialog = self._dialog_layer.get(txn.dialog)
         if txn.dialog is not None and (dialog is None or dialog.ended):
             return False  # already answered 487 when the dialog ended
         success = 200 <= status < 300
@@ -253,16 +229,16 @@ class SipAgent:
 
     def end_dialog(self, dialog_id: str, now: float, reason: str = "local") -> None:
         """Hang up a dialog from our side (BYE), e.g. at shutdown or when media timed out."""
-        dialog = self._dialogs.get(dialog_id)
+        dialog = self._dialog_layer.get(dialog_id)
         if dialog is None or dialog.ended:
             return
-        if dialog.unacked_2xx is not None:
+        if dialog.awaiting_ack:
             # RFC 3261 §15: no BYE before the ACK of our 2xx (or its timeout); until then the
             # 2xx keeps being retransmitted, and the BYE follows the ACK.
-            dialog.bye_after_ack = reason
+            self._terminate_dialog(dialog, reason, now, bye_after_ack=True)
         else:
             self._send_bye(dialog, now, reason_text=reason)
-        self._terminate_dialog(dialog, reason, now)
+            self._terminate_dialog(dialog, reason, now)
 
     def dialog_of(self, txn_id: str) -> str | None:
         """The dialog a transaction created or belongs to (known once a 2xx was sent)."""
@@ -270,7 +246,7 @@ class SipAgent:
         return txn.dialog if txn else None
 
     def dialog_ids(self) -> list[str]:
-        return [d.id for d in self._dialogs.values() if not d.ended]
+        return self._dialog_layer.live_ids()
 
     # ---------------------------------------------------------------- requests
 
@@ -329,20 +305,17 @@ class SipAgent:
         if not contacts:
             self._reply(txn, 400, now, reason="Missing Contact")
             return
-        _uri_of(contacts[0])  # malformed → 400 via the caller
+        txn.target = contact_uri(contacts[0])  # malformed → 400 via the caller
         self._reply(txn, 100, now)
         self._events.append(RequestReceived(txn.id, request, txn.peer, None))
 
     def _process_in_dialog(self, txn: ServerTransaction, now: float) -> None:
         request = txn.request
-        dialog = self._dialogs.get(self._dialog_id_of_request(request))
-        if dialog is not None and dialog.bye_after_ack is not None and request.method == "BYE":
+        dialog = self._dialog_layer.get(dialog_id_of_request(request))
+        if dialog is not None and dialog.state is DialogState.CLOSING and request.method == "BYE":
             # The SRC hangs up first while our BYE waits for the ACK: its BYE does the job.
-            dialog.bye_after_ack = None
-            dialog.unacked_2xx = None
-            for handle in (dialog.ack_retransmit, dialog.ack_timeout):
-                if handle:
-                    handle.cancel()
+            self._dialog_layer.stop_awaiting_ack(dialog)
+            dialog.move(DialogState.ENDED)
             self._reply(txn, 200, now)
             return
         if dialog is None or dialog.ended:
@@ -367,26 +340,25 @@ class SipAgent:
             return
         if method in ("INVITE", "UPDATE"):
             has_offer = bool(request.body)
-            busy = dialog.pending_invite is not None or dialog.pending_offer is not None
+            busy = dialog.invite is InviteState.PENDING or dialog.pending_offer is not None
             if busy and (method == "INVITE" or has_offer):
                 # RFC 3261 §14.2 / RFC 3311 §5.2: a request while an offer we received is
                 # unanswered: 500 with Retry-After between 0 and 10 seconds.
                 self._reply(txn, 500, now, headers=[("Retry-After", str(secrets.randbelow(11)))])
                 return
-            if dialog.unacked_2xx is not None and (
-                method == "INVITE" or (has_offer and dialog.offer_in_2xx)
-            ):
+            if dialog.awaiting_ack and (method == "INVITE" or (has_offer and dialog.offer_in_2xx)):
                 # Our 2xx (maybe with our offer) is not acknowledged yet: glare.
                 self._reply(txn, 491, now)
                 return
             if not self._session_interval_acceptable(txn, now):
                 return
             if contacts := request.headers.values("Contact"):
-                txn.target = _uri_of(contacts[0])
+                txn.target = contact_uri(contacts[0])
             if request.headers.get("Allow"):
                 dialog.peer_allows_update = "update" in request.headers.tokens("Allow")
             if method == "INVITE":
-                dialog.pending_invite = txn.id
+                dialog.move_invite(InviteState.PENDING)
+                dialog.invite_txn = txn.id
                 self._reply(txn, 100, now)
             elif has_offer:
                 dialog.pending_offer = txn.id
@@ -401,23 +373,13 @@ class SipAgent:
             self._transactions.acknowledged(txn, now)
             return
         # ACK for a 2xx: its own transaction, matched to the dialog (RFC 3261 §13.3.1.4).
-        dialog = self._dialogs.get(self._dialog_id_of_request(request))
+        dialog = self._dialog_layer.get(dialog_id_of_request(request))
         number, _ = request.cseq
-        if dialog is None or dialog.unacked_2xx is None or number != dialog.unacked_cseq:
+        if dialog is None or not dialog.awaiting_ack or number != dialog.unacked_cseq:
             if dialog is None or dialog.ended:
                 self.counters.dropped += 1
             return
-        dialog.unacked_2xx = None
-        dialog.offer_in_2xx = False
-        for handle in (dialog.ack_retransmit, dialog.ack_timeout):
-            if handle:
-                handle.cancel()
-        if dialog.bye_after_ack is not None:
-            reason, dialog.bye_after_ack = dialog.bye_after_ack, None
-            self._send_bye(dialog, now, reason_text=reason)
-        elif not dialog.confirmed and not dialog.ended:
-            dialog.confirmed = True
-            self._events.append(DialogConfirmed(dialog.id))
+        self._acknowledged(dialog, now)
 
     def _receive_cancel(self, request: SipRequest, peer: Peer, now: float) -> None:
         invite = self._transactions.find(transaction_key(request, method="INVITE"))
@@ -466,10 +428,10 @@ class SipAgent:
         self._transactions.sent(txn, response.to_bytes(), status, now)
         if status < 200:
             return
-        if txn.dialog is not None and (dialog := self._dialogs.get(txn.dialog)) is not None:
+        if (dialog := self._dialog_layer.get(txn.dialog)) is not None:
             dialog.open_txns.discard(txn.id)
-            if dialog.pending_invite == txn.id:
-                dialog.pending_invite = None
+            if dialog.invite is InviteState.PENDING and dialog.invite_txn == txn.id:
+                dialog.move_invite(InviteState.IDLE)
             if dialog.pending_offer == txn.id:
                 dialog.pending_offer = None
 
@@ -508,20 +470,21 @@ class SipAgent:
         session: Negotiated | None,
     ) -> None:
         request = txn.request
-        dialog = self._dialogs.get(txn.dialog) if txn.dialog is not None else None
+        dialog = self._dialog_layer.get(txn.dialog)
         if dialog is None:
-            dialog = _Dialog(
-                id=_dialog_id(request.call_id, txn.to_tag, request.from_tag or ""),
+            dialog = Dialog(
+                id=dialog_id(request.call_id, txn.to_tag, request.from_tag or ""),
                 call_id=request.call_id,
                 local_tag=txn.to_tag,
                 remote_tag=request.from_tag or "",
                 local_uri=response.headers.get("To") or "",
                 remote_uri=request.headers.get("From") or "",
-                remote_target=_uri_of(request.headers.values("Contact")[0]),
+                remote_target=txn.target or contact_uri(request.headers.values("Contact")[0]),
                 # RFC 3261 §12.1.1: the UAS keeps the Record-Route values in order.
                 route_set=request.headers.values("Record-Route"),
                 remote_cseq=request.cseq[0],
                 peer=txn.peer,
+                invite_txn=txn.id,
                 peer_allows_update="update" in request.headers.tokens("Allow"),
             )
             dialog.session = SessionTimer(
@@ -529,75 +492,66 @@ class SipAgent:
                 partial(self._send_session_refresh, dialog),
                 partial(self._session_expired, dialog),
             )
-            self._dialogs[dialog.id] = dialog
+            self._dialog_layer.add(dialog)
             txn.dialog = dialog.id
         elif txn.target:
             dialog.remote_target = txn.target
         dialog.peer = txn.peer
-        dialog.unacked_2xx = response.to_bytes()
-        dialog.unacked_cseq = request.cseq[0]
-        dialog.offer_in_2xx = not request.body and bool(response.body)
-        for handle in (dialog.ack_retransmit, dialog.ack_timeout):
-            if handle:
-                handle.cancel()
-        timers = self.settings.timers
-        if not txn.peer.reliable:
-            # RFC 3261 §13.3.1.4: the UAS core retransmits the 2xx, T1 doubling up to T2.
-            dialog.ack_interval = timers.t1
-            dialog.ack_retransmit = self._timers.schedule(
-                now + timers.t1, self._retransmit_2xx(dialog, txn.reply_to)
-            )
-        dialog.ack_timeout = self._timers.schedule(
-            now + 64 * timers.t1, partial(self._ack_never_came, dialog)
+        self._dialog_layer.await_ack(
+            dialog,
+            response.to_bytes(),
+            request.cseq[0],
+            not request.body and bool(response.body),
+            txn.reply_to,
+            now,
+            self._ack_never_came,
         )
         dialog.session.start(session, now)
 
-    def _retransmit_2xx(self, dialog: _Dialog, reply_to: Peer) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            if dialog.unacked_2xx is None:
-                return
-            self._send(Outgoing(dialog.unacked_2xx, reply_to))
-            dialog.ack_interval = min(2 * dialog.ack_interval, self.settings.timers.t2)
-            dialog.ack_retransmit = self._timers.schedule(now + dialog.ack_interval, fire)
+    def _acknowledged(self, dialog: Dialog, now: float) -> None:
+        """The ACK of our 2xx came."""
+        self._dialog_layer.stop_awaiting_ack(dialog)
+        if dialog.state is DialogState.CLOSING:
+            dialog.move(DialogState.ENDED)
+            self._send_bye(dialog, now, reason_text=dialog.closing_reason)
+        elif dialog.state is DialogState.UNCONFIRMED:
+            dialog.move(DialogState.CONFIRMED)
+            self._events.append(DialogConfirmed(dialog.id))
 
-        return fire
-
-    def _ack_never_came(self, dialog: _Dialog, now: float) -> None:
-        if dialog.unacked_2xx is None:
+    def _ack_never_came(self, dialog: Dialog, now: float) -> None:
+        if not dialog.awaiting_ack:
             return
         # RFC 3261 §13.3.1.4: no ACK within 64*T1 — confirm then end the session with BYE.
-        dialog.unacked_2xx = None
-        if dialog.bye_after_ack is not None:
-            reason, dialog.bye_after_ack = dialog.bye_after_ack, None
-            self._send_bye(dialog, now, reason_text=reason)
+        self._dialog_layer.stop_awaiting_ack(dialog)
+        if dialog.state is DialogState.CLOSING:
+            dialog.move(DialogState.ENDED)
+            self._send_bye(dialog, now, reason_text=dialog.closing_reason)
             return
         self._send_bye(dialog, now, reason_text="no ACK")
         self._terminate_dialog(dialog, "no-ack", now)
 
-    def _terminate_dialog(self, dialog: _Dialog, reason: str, now: float) -> None:
+    def _terminate_dialog(
+        self, dialog: Dialog, reason: str, now: float, *, bye_after_ack: bool = False
+    ) -> None:
+        """The dialog is over for the transaction user. With `bye_after_ack` our BYE waits for
+        the ACK of our 2xx (CLOSING); otherwise it already went, or the SRC's BYE ended it."""
         if dialog.ended:
             return
-        dialog.ended = True
+        if bye_after_ack:
+            dialog.move(DialogState.CLOSING)
+            dialog.closing_reason = reason
+        else:
+            dialog.move(DialogState.ENDED)
         dialog.session.stop()
-        if dialog.bye_after_ack is None:
-            dialog.unacked_2xx = None
-            for handle in (dialog.ack_retransmit, dialog.ack_timeout):
-                if handle:
-                    handle.cancel()
+        if not bye_after_ack and dialog.awaiting_ack:
+            self._dialog_layer.stop_awaiting_ack(dialog)
         # RFC 3261 §15.1.2: requests still pending on the dialog get 487.
         for txn_id in sorted(dialog.open_txns):
             if (pending := self._transactions.get(txn_id)) is not None:
                 self._reply(pending, 487, now)
         dialog.open_txns.clear()
         self._events.append(DialogEnded(dialog.id, reason))
-        # Keep the entry until late retransmissions (BYE, ACK) can no longer arrive.
-        self._timers.schedule(
-            now + 64 * self.settings.timers.t1,
-            partial(self._forget_dialog, dialog.id),
-        )
-
-    def _forget_dialog(self, dialog_id: str, _now: float) -> None:
-        self._dialogs.pop(dialog_id, None)
+        self._dialog_layer.forget_later(dialog, now)
 
     # ---------------------------------------------------------------- session timers (RFC 4028)
 
@@ -609,7 +563,7 @@ class SipAgent:
         return False
 
     def _send_session_refresh(
-        self, dialog: _Dialog, interval: int, on_final: ClientOutcome, now: float
+        self, dialog: Dialog, interval: int, on_final: ClientOutcome, now: float
     ) -> None:
         self.counters.session_refreshes += 1
         headers = [
@@ -620,7 +574,7 @@ class SipAgent:
         ]
         self._send_in_dialog(dialog, "UPDATE", now, headers, on_final)
 
-    def _session_expired(self, dialog: _Dialog, now: float) -> None:
+    def _session_expired(self, dialog: Dialog, now: float) -> None:
         if dialog.ended:
             return
         self._send_bye(dialog, now, reason_text="session expired")
@@ -628,14 +582,14 @@ class SipAgent:
 
     # ---------------------------------------------------------------- requests we send
 
-    def _send_bye(self, dialog: _Dialog, now: float, reason_text: str) -> None:
+    def _send_bye(self, dialog: Dialog, now: float, reason_text: str) -> None:
         self._send_in_dialog(
             dialog, "BYE", now, [("Reason", f'SIP;cause=200;text="{reason_text}"')], None
         )
 
     def _send_in_dialog(
         self,
-        dialog: _Dialog,
+        dialog: Dialog,
         method: str,
         now: float,
         extra: list[tuple[str, str]],
@@ -645,22 +599,8 @@ class SipAgent:
         transport = dialog.peer.transport
         host, port = self.settings.local.get(transport) or next(iter(self.settings.local.values()))
         branch = new_branch()
-        dialog.local_cseq = max(dialog.local_cseq + 1, 1)
-        headers = Headers()
-        headers.add(
-            "Via", f"SIP/2.0/{transport.upper()} {bracket_host(host)}:{port};branch={branch};rport"
-        )
-        headers.add("Max-Forwards", "70")
-        headers.add("From", dialog.local_uri)
-        headers.add("To", dialog.remote_uri)
-        headers.add("Call-ID", dialog.call_id)
-        headers.add("CSeq", f"{dialog.local_cseq} {method}")
-        for route in dialog.route_set:
-            headers.add("Route", route)
-        for name, value in extra:
-            headers.add(name, value)
-        headers.add("User-Agent", self.settings.server)
-        request = SipRequest(headers, b"", method, dialog.remote_target)
+        via = f"SIP/2.0/{transport.upper()} {bracket_host(host)}:{port};branch={branch};rport"
+        request = dialog.new_request(method, via, extra, self.settings.server)
         peer = request_destination(dialog.peer, dialog.route_set, dialog.remote_target)
         self._transactions.start_client(branch, request.to_bytes(), peer, now, on_final)
 
@@ -681,25 +621,3 @@ class SipAgent:
             ("Accept-Encoding", "identity"),
             ("Contact", s.contact(txn.peer.transport)),
         ]
-
-    @staticmethod
-    def _dialog_id_of_request(request: SipRequest) -> str:
-        return _dialog_id(request.call_id, request.to_tag or "", request.from_tag or "")
-
-
-def _dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
-    return f"{call_id};{local_tag};{remote_tag}"
-
-
-def _uri_of(address: str) -> str:
-    """The URI of a name-addr or addr-spec, as written (RFC 3261 §12.1.1: the remote target is
-    the Contact URI; re-serialising it could change it)."""
-    parse_address(address)  # validates, SipParseError otherwise
-    quoted = False
-    for i, ch in enumerate(address):
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "<" and not quoted:
-            end = address.find(">", i)
-            return address[i + 1 : end].strip()
-    return address.strip().split(";", 1)[0].strip()
