@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from functools import partial
 
 from siprec_server.sip.counters import SipCounters
@@ -53,7 +52,6 @@ from siprec_server.sip.message import (
     parse_message,
 )
 from siprec_server.sip.routing import (
-    bracket_host,
     reply_destination,
     request_destination,
     stamp_via,
@@ -64,7 +62,8 @@ from siprec_server.sip.session_timer import (
     negotiate,
     refusal,
 )
-from siprec_server.sip.timers import TimerQueue, TimerValues
+from siprec_server.sip.settings import AgentSettings
+from siprec_server.sip.timers import TimerQueue
 from siprec_server.sip.transaction import (
     ClientOutcome,
     ServerTransaction,
@@ -74,37 +73,7 @@ from siprec_server.sip.transaction import (
     transaction_key,
 )
 
-DEFAULT_ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO")
-DEFAULT_ACCEPT = (
-    "application/sdp",
-    "application/rs-metadata+xml",
-    "application/rs-metadata",
-    "multipart/mixed",
-)
-DEFAULT_SUPPORTED = ("siprec", "timer")
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    local: Mapping[str, tuple[str, int]]
-    """Per transport ("udp", "tcp", "tls"): the host and port we advertise (Via, Contact)."""
-    allow: tuple[str, ...] = DEFAULT_ALLOW
-    accept: tuple[str, ...] = DEFAULT_ACCEPT
-    supported: tuple[str, ...] = DEFAULT_SUPPORTED
-    server: str = "siprec-server"
-    session_expires: int = 1800
-    """Session interval we ask for when the SRC supports timers but proposes none."""
-    min_se: int = 90
-    """Smallest session interval we accept (RFC 4028 §5: at least 90)."""
-    timers: TimerValues = field(default_factory=TimerValues)
-    max_transactions: int = 20_000
-
-    def contact(self, transport: str) -> str:
-        host, port = self.local.get(transport) or next(iter(self.local.values()))
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        scheme = "sips" if transport == "tls" else "sip"
-        param = f";transport={transport}" if transport != "udp" else ""
-        return f"<{scheme}:srs@{host}:{port}{param}>;+sip.srs"
+__all__ = ["AgentSettings", "SipAgent"]
 
 
 class SipAgent:
@@ -264,7 +233,7 @@ class SipAgent:
         if method == "CANCEL":
             self._receive_cancel(request, peer, now)
             return
-        if len(self._server) >= self.settings.max_transactions:
+        if len(self._transactions.server) >= self.settings.max_transactions:
             self._stateless_reply(request, peer, 503, "Overloaded", [("Retry-After", "5")])
             return
         txn = self._open_transaction(key, request, peer, now)
@@ -596,10 +565,8 @@ class SipAgent:
         on_final: ClientOutcome | None,
     ) -> None:
         """A request within the dialog (RFC 3261 §12.2.1.1) on a new client transaction."""
-        transport = dialog.peer.transport
-        host, port = self.settings.local.get(transport) or next(iter(self.settings.local.values()))
         branch = new_branch()
-        via = f"SIP/2.0/{transport.upper()} {bracket_host(host)}:{port};branch={branch};rport"
+        via = self.settings.via(dialog.peer.transport, branch)
         request = dialog.new_request(method, via, extra, self.settings.server)
         peer = request_destination(dialog.peer, dialog.route_set, dialog.remote_target)
         self._transactions.start_client(branch, request.to_bytes(), peer, now, on_final)
