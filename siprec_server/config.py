@@ -55,6 +55,7 @@ class SipConfig:
     session_expires: int = 1800
     min_se: int = 90
     require_siprec: bool = False
+    strict: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 

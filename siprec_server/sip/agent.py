@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 from functools import partial
 
+from siprec_server.logs import get_logger
 from siprec_server.sip.counters import SipCounters
 from siprec_server.sip.dialog import (
     Dialog,
@@ -74,6 +75,8 @@ from siprec_server.sip.transaction import (
 )
 
 __all__ = ["AgentSettings", "SipAgent"]
+
+log = get_logger("sip")
 
 
 class SipAgent:
@@ -344,11 +347,26 @@ class SipAgent:
         # ACK for a 2xx: its own transaction, matched to the dialog (RFC 3261 §13.3.1.4).
         dialog = self._dialog_layer.get(dialog_id_of_request(request))
         number, _ = request.cseq
-        if dialog is None or not dialog.awaiting_ack or number != dialog.unacked_cseq:
-            if dialog is None or dialog.ended:
-                self.counters.dropped += 1
+        if dialog is not None and dialog.awaiting_ack and number == dialog.unacked_cseq:
+            self._acknowledged(dialog, now)
             return
-        self._acknowledged(dialog, now)
+        odd = None if self.settings.strict else self._dialog_layer.for_odd_ack(request, txn, dialog)
+        if odd is not None:
+            # A wrong CSeq or To-tag: ignoring the ACK would repeat our 2xx, refuse the next
+            # re-INVITE with 491 and finally hang up for want of an ACK.
+            self.counters.tolerated_ack_mismatch += 1
+            mismatch = [
+                name
+                for name, ok in (
+                    ("cseq", number == odd.unacked_cseq),
+                    ("to-tag", request.to_tag == odd.local_tag),
+                )
+                if not ok
+            ]
+            log.warning("sip_ack_mismatch_tolerated", dialog=odd.id, mismatch="+".join(mismatch))
+            self._acknowledged(odd, now)
+        elif dialog is None or dialog.ended:
+            self.counters.dropped += 1
 
     def _receive_cancel(self, request: SipRequest, peer: Peer, now: float) -> None:
         invite = self._transactions.find(transaction_key(request, method="INVITE"))

@@ -23,6 +23,9 @@ class SipCounters:
     """Requests the transaction user left unanswered for 64*T1 (answered 408)."""
     session_refreshes: int = 0
     """Session refresh UPDATEs we sent (RFC 4028, we are the refresher)."""
+    # What SRCs get wrong and the agent accepts unless AgentSettings.strict (each also logged):
+    tolerated_ack_mismatch: int = 0
+    """An ACK of our 2xx with the wrong CSeq or To-tag, taken for the dialog it names."""
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}

@@ -18,6 +18,7 @@ from siprec_server.sip.events import Outgoing, Peer
 from siprec_server.sip.message import Headers, SipRequest, parse_address
 from siprec_server.sip.session_timer import SessionTimer
 from siprec_server.sip.timers import TimerHandle, TimerQueue, TimerValues
+from siprec_server.sip.transaction import ServerTransaction
 from siprec_server.sip.transitions import StateTable
 
 
@@ -179,6 +180,38 @@ class DialogLayer:
 
     def live_ids(self) -> list[str]:
         return [d.id for d in self.dialogs.values() if not d.ended]
+
+    def of_src(self, call_id: str, remote_tag: str) -> list[Dialog]:
+        """The dialogs of a Call-ID and SRC tag whose 2xx may still await an ACK (not ENDED).
+        A scan: only requests that match no dialog by their tags get here."""
+        return [
+            d
+            for d in self.dialogs.values()
+            if d.call_id == call_id and d.remote_tag == remote_tag and d.state is not _D.ENDED
+        ]
+
+    def for_odd_ack(
+        self, request: SipRequest, invite: ServerTransaction | None, dialog: Dialog | None
+    ) -> Dialog | None:
+        """The dialog an ACK with a wrong CSeq or To-tag acknowledges, if there is no doubt
+        which: Call-ID and From-tag match, and either the ACK carries the branch of the INVITE
+        (`invite`) whose 2xx awaits it, or its tags name the dialog (`dialog`), or it is the
+        only dialog of that Call-ID and From-tag. An ACK with the branch of any other INVITE
+        belongs to that INVITE (e.g. a late ACK of a 491), never to another 2xx."""
+        if invite is not None:
+            candidate = self.get(invite.dialog)
+            if candidate is not None and candidate.invite_txn != invite.id:
+                return None
+        elif dialog is not None:
+            candidate = dialog
+        else:
+            found = self.of_src(request.call_id, request.from_tag or "")
+            candidate = found[0] if len(found) == 1 else None
+        if candidate is None or not candidate.awaiting_ack:
+            return None
+        if (candidate.call_id, candidate.remote_tag) != (request.call_id, request.from_tag or ""):
+            return None
+        return candidate
 
     def await_ack(
         self,

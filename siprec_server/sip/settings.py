@@ -1,5 +1,5 @@
 """What the SIP agent is configured with: where it is reachable, what it allows and supports,
-RFC 4028 intervals and RFC 3261 timer values."""
+RFC 4028 intervals, RFC 3261 timer values, and how strictly it reads what SRCs send."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ class AgentSettings:
     timers: TimerValues = field(default_factory=TimerValues)
     """Read once, when the agent is built."""
     max_transactions: int = 20_000
+    strict: bool = False
+    """True: RFC 3261 to the letter. False: what SRCs in the field get wrong is accepted (logged
+    and counted) where the dialog is still known without doubt: an ACK whose CSeq or To-tag
+    does not match."""
 
     def address(self, transport: str) -> tuple[str, int]:
         return self.local.get(transport) or next(iter(self.local.values()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import socket
@@ -769,3 +770,42 @@ async def test_rtp_port_held_by_another_process_is_not_counted_as_ours(
                 await wait_for_state(srv, dialog.call_id, "complete")
             assert srv.recorder.active_sessions == 0
             assert srv.media.ports_in_use == 0
+
+
+# ---------------------------------------------------------------------------- what SRCs get wrong
+# Issue 7.7: tolerated where the dialog is known without doubt (logged, counted); sip.strict
+# keeps the RFC 3261 answers.
+
+
+async def invite_unacknowledged(src: SipTestClient, data: bytes) -> tuple[SipResponse, Dialog]:
+    """Send an INVITE, take its 200 and build the dialog, but send no ACK."""
+    request = parse_request(data)
+    src.send(data)
+    response = await src.response("INVITE")
+    assert response.status == 200, response.reason
+    contact = response.headers.get("Contact") or ""
+    return response, Dialog(call_id=request.call_id,
+                            from_header=request.headers.get("From") or "",
+                            to_header=response.headers.get("To") or "",
+                            request_uri=contact[contact.find("<") + 1 : contact.find(">")],
+                            cseq=request.cseq[0])
+
+
+async def test_ack_with_wrong_cseq_and_no_to_tag_confirms_the_call_and_reinvite_is_answered(
+    server: RunningServer,
+) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        _, dialog = await invite_unacknowledged(src, invite(src))
+        # A script that numbers its ACK like a new request and forgets the SRS's To tag.
+        untagged = dataclasses.replace(dialog, to_header=dialog.to_header.split(";tag=")[0])
+        src.send(src.request("ACK", untagged, cseq=dialog.cseq + 1))
+        # The 200 is acknowledged: not repeated (T1 = 500 ms), no BYE for want of an ACK.
+        assert await src.no_message(1.2)
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, body=multipart(), content_type=content_type))
+        assert (await src.response("INVITE")).status == 200  # not 491
+        src.send(src.ack(dialog, dialog.cseq))
+        assert (await src.bye(dialog)).status == 200
+        await wait_for_state(server, dialog.call_id, "complete")
+    assert server.sip.agent.counters.tolerated_ack_mismatch == 1
+    await nothing_held(server)
