@@ -297,10 +297,16 @@ class SipAgent:
         txn.to_tag = dialog.local_tag
         number, method = request.cseq
         # RFC 3261 §12.2.2: only a *lower* CSeq is out of order.
-        if number < dialog.remote_cseq:
+        if number >= dialog.remote_cseq:
+            dialog.remote_cseq = number
+        elif method == "BYE" and not self.settings.strict:
+            # SRC scripts that count CSeq per method: refusing the BYE would leave the
+            # recording running until media inactivity, and a BYE can only end the dialog.
+            self.counters.tolerated_low_cseq_bye += 1
+            log.warning("sip_low_cseq_bye_tolerated", dialog=dialog.id, txn=txn.id)
+        else:
             self._reply(txn, 500, now, reason="CSeq out of order")
             return
-        dialog.remote_cseq = number
         dialog.open_txns.add(txn.id)
         if method == "BYE":
             self._reply(txn, 200, now)

@@ -26,6 +26,8 @@ class SipCounters:
     # What SRCs get wrong and the agent accepts unless AgentSettings.strict (each also logged):
     tolerated_ack_mismatch: int = 0
     """An ACK of our 2xx with the wrong CSeq or To-tag, taken for the dialog it names."""
+    tolerated_low_cseq_bye: int = 0
+    """A BYE with a CSeq below the dialog's last request (e.g. a re-INVITE's), obeyed."""
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}

@@ -809,3 +809,24 @@ async def test_ack_with_wrong_cseq_and_no_to_tag_confirms_the_call_and_reinvite_
         await wait_for_state(server, dialog.call_id, "complete")
     assert server.sip.agent.counters.tolerated_ack_mismatch == 1
     await nothing_held(server)
+
+
+async def test_bye_with_a_cseq_below_the_last_reinvite_ends_the_recording_at_once(
+    server: RunningServer,
+) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        response, dialog = await src.invite(invite(src))
+        assert response.status == 200 and dialog is not None
+        # CSeq counted per method: re-INVITE 10, then BYE 3.
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, cseq=10, body=multipart(),
+                             content_type=content_type))
+        assert (await src.response("INVITE")).status == 200
+        src.send(src.ack(dialog, 10))
+        src.send(src.request("BYE", dialog, cseq=3))
+        assert (await src.response("BYE")).status == 200
+        # Ended now, not at the media inactivity timeout.
+        row = await wait_for_state(server, dialog.call_id, "complete")
+        assert row["end_reason"] == "bye"
+    assert server.sip.agent.counters.tolerated_low_cseq_bye == 1
+    await nothing_held(server)

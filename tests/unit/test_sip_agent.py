@@ -1263,3 +1263,33 @@ def test_strict_agent_ignores_an_ack_with_a_wrong_cseq_or_to_tag() -> None:
     agent.receive(call.in_dialog("INVITE", body=SDP), SRC_UDP, 2.0)
     assert statuses(sent(agent)) == [491]
     assert agent.counters.tolerated_ack_mismatch == 0
+
+
+def test_bye_with_a_cseq_below_the_last_reinvite_ends_the_dialog() -> None:
+    # Scripts that count CSeq per method: re-INVITE 10, then BYE 2.
+    agent = make_agent()
+    call = establish(agent)
+    call.cseq = 9
+    reinvite_answered(agent, call, 1.0)
+    agent.receive(ack(cseq=10, to_tag=call.to_tag), SRC_UDP, 1.1)
+    with structlog.testing.capture_logs() as logs:
+        agent.receive(call.in_dialog("BYE", cseq=2), SRC_UDP, 2.0)
+    assert statuses(sent(agent)) == [200]
+    assert events(agent) == [DialogEnded(call.dialog, "bye")]
+    assert agent.counters.tolerated_low_cseq_bye == 1
+    assert [(e["event"], e["dialog"]) for e in logs] == [
+        ("sip_low_cseq_bye_tolerated", call.dialog)
+    ]
+
+
+def test_strict_agent_refuses_a_bye_with_a_lower_cseq_with_500() -> None:
+    agent = make_agent(strict=True)
+    call = establish(agent)
+    call.cseq = 9
+    reinvite_answered(agent, call, 1.0)
+    agent.receive(ack(cseq=10, to_tag=call.to_tag), SRC_UDP, 1.1)
+    agent.receive(call.in_dialog("BYE", cseq=2), SRC_UDP, 2.0)
+    (answer,) = sent(agent)
+    assert answer.response.status == 500
+    assert events(agent) == [] and agent.dialog_ids() == [call.dialog]
+    assert agent.counters.tolerated_low_cseq_bye == 0
