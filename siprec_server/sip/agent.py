@@ -13,6 +13,15 @@ What the core decides alone (generic SIP): retransmissions, 100 Trying, CANCEL (
 refreshing, UPDATE refreshes when the SRC asked us to be the refresher). What it leaves to the
 transaction user: whether and how to answer INVITE, UPDATE (bodies are SIPREC business). A
 request the transaction user leaves unanswered for 64*T1 gets 408, so no transaction is stuck.
+
+The machines live in their own modules, each with a state table that raises on an illegal
+transition: transaction (RFC 3261 §17, RFC 6026), dialog (§12-§15), session_timer (RFC 4028);
+routing says where messages go (§18.2, RFC 3581). This module is the dispatch between them.
+
+What SRCs in the field get wrong is accepted where that costs nothing and the dialog is still
+known without doubt (an ACK with the wrong CSeq or To-tag, a BYE with a stale CSeq, a Contact
+without its `>`): logged with ids only and counted in `counters`. `AgentSettings.strict` keeps
+the RFC 3261 answers instead.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from siprec_server.sip.dialog import (
     DialogLayer,
     DialogState,
     InviteState,
+    closed_address,
     contact_uri,
     dialog_id,
     dialog_id_of_request,
@@ -277,7 +287,7 @@ class SipAgent:
         if not contacts:
             self._reply(txn, 400, now, reason="Missing Contact")
             return
-        txn.target = contact_uri(contacts[0])  # malformed → 400 via the caller
+        txn.target = self._contact_target(txn, contacts[0])  # malformed → 400 via the caller
         self._reply(txn, 100, now)
         self._events.append(RequestReceived(txn.id, request, txn.peer, None))
 
@@ -331,7 +341,7 @@ class SipAgent:
             if not self._session_interval_acceptable(txn, now):
                 return
             if contacts := request.headers.values("Contact"):
-                txn.target = contact_uri(contacts[0])
+                txn.target = self._contact_target(txn, contacts[0])
             if request.headers.get("Allow"):
                 dialog.peer_allows_update = "update" in request.headers.tokens("Allow")
             if method == "INVITE":
@@ -386,6 +396,21 @@ class SipAgent:
         if not invite.final_status:
             self._reply(invite, 487, now)
             self._events.append(InviteCancelled(invite.id))
+
+    def _contact_target(self, txn: ServerTransaction, contact: str) -> str:
+        """The remote target a Contact names (SipParseError: malformed). A Contact only missing
+        its closing `>` is repaired, in the request too, unless strict."""
+        try:
+            return contact_uri(contact)
+        except SipParseError:
+            repaired = None if self.settings.strict else closed_address(contact)
+            if repaired is None:
+                raise
+        target = contact_uri(repaired)
+        txn.request.headers.replace_first("Contact", repaired)
+        self.counters.tolerated_unclosed_contact += 1
+        log.warning("sip_unclosed_contact_tolerated", txn=txn.id, call_id=txn.request.call_id)
+        return target
 
     # ---------------------------------------------------------------- responses out
 

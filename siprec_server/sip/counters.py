@@ -28,6 +28,8 @@ class SipCounters:
     """An ACK of our 2xx with the wrong CSeq or To-tag, taken for the dialog it names."""
     tolerated_low_cseq_bye: int = 0
     """A BYE with a CSeq below the dialog's last request (e.g. a re-INVITE's), obeyed."""
+    tolerated_unclosed_contact: int = 0
+    """A Contact without its closing `>`, read as if it ended with one."""
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}

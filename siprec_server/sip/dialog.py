@@ -161,6 +161,23 @@ def contact_uri(address: str) -> str:
     return address.strip().split(";", 1)[0].strip()
 
 
+def closed_address(address: str) -> str | None:
+    """`address` with the `>` it lacks, for a Contact written `<sip:...` with one unquoted `<`
+    and no `>`; None for anything else. The `>` goes at the very end: whatever followed the URI
+    (`;+sip.src`, `;transport=tcp`) becomes URI parameters, so nothing written is lost."""
+    quoted = False
+    opening = closing = 0
+    for ch in address:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted:
+            opening += ch == "<"
+            closing += ch == ">"
+    if opening != 1 or closing or quoted:
+        return None
+    return address.rstrip() + ">"
+
+
 class DialogLayer:
     """The dialogs of one agent by id, and the UAS core's 2xx retransmissions."""
 

@@ -37,7 +37,7 @@ class AgentSettings:
     strict: bool = False
     """True: RFC 3261 to the letter. False: what SRCs in the field get wrong is accepted (logged
     and counted) where the dialog is still known without doubt: an ACK whose CSeq or To-tag
-    does not match, a BYE with a CSeq below the last request's."""
+    does not match, a BYE with a CSeq below the last request's, a Contact without its `>`."""
 
     def address(self, transport: str) -> tuple[str, int]:
         return self.local.get(transport) or next(iter(self.local.values()))

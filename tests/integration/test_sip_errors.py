@@ -777,6 +777,13 @@ async def test_rtp_port_held_by_another_process_is_not_counted_as_ours(
 # keeps the RFC 3261 answers.
 
 
+def unclosed_contact(data: bytes) -> bytes:
+    """An INVITE of `invite()` whose Contact lacks its closing '>'."""
+    fixed = re.sub(rb"(?m)^(Contact: <[^>\r\n]*)>", rb"\1", data, count=1)
+    assert fixed != data
+    return fixed
+
+
 async def invite_unacknowledged(src: SipTestClient, data: bytes) -> tuple[SipResponse, Dialog]:
     """Send an INVITE, take its 200 and build the dialog, but send no ACK."""
     request = parse_request(data)
@@ -829,4 +836,15 @@ async def test_bye_with_a_cseq_below_the_last_reinvite_ends_the_recording_at_onc
         row = await wait_for_state(server, dialog.call_id, "complete")
         assert row["end_reason"] == "bye"
     assert server.sip.agent.counters.tolerated_low_cseq_bye == 1
+    await nothing_held(server)
+
+
+async def test_contact_without_closing_bracket_is_recorded(server: RunningServer) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        response, dialog = await invite_as_is(src, unclosed_contact(invite(src)))
+        assert response.status == 200 and dialog is not None
+        await wait_for_state(server, dialog.call_id, "recording")
+        assert (await src.bye(dialog)).status == 200
+        await wait_for_state(server, dialog.call_id, "complete")
+    assert server.sip.agent.counters.tolerated_unclosed_contact == 1
     await nothing_held(server)

@@ -1293,3 +1293,55 @@ def test_strict_agent_refuses_a_bye_with_a_lower_cseq_with_500() -> None:
     assert answer.response.status == 500
     assert events(agent) == [] and agent.dialog_ids() == [call.dialog]
     assert agent.counters.tolerated_low_cseq_bye == 0
+
+
+UNCLOSED = "<sip:src@203.0.113.50:5070;+sip.src"
+
+
+def test_contact_without_its_closing_bracket_is_read_as_if_it_had_one() -> None:
+    agent = make_agent()
+    with structlog.testing.capture_logs() as logs:
+        agent.receive(request("INVITE", body=SDP, contact=UNCLOSED), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [100]
+    (event,) = events(agent)
+    assert isinstance(event, RequestReceived)
+    # The transaction user gets the repaired Contact (its +sip.src marks a SIPREC SRC).
+    assert event.request.headers.get("Contact") == UNCLOSED + ">"
+    assert agent.counters.tolerated_unclosed_contact == 1
+    assert [e["event"] for e in logs] == ["sip_unclosed_contact_tolerated"]
+    assert "203.0.113.50" not in repr(logs) and "sip:" not in repr(logs)
+    agent.respond(event.txn, 200, 0.0, body=SDP)
+    (ok,) = sent(agent)
+    dialog = agent.dialog_of(event.txn) or ""
+    agent.receive(ack(cseq=1, to_tag=ok.response.to_tag), SRC_UDP, 0.1)
+    agent.end_dialog(dialog, 1.0)
+    (bye,) = requests_in(sent(agent))
+    assert bye.request.uri == "sip:src@203.0.113.50:5070;+sip.src"
+    assert (bye.peer.host, bye.peer.port) == ("203.0.113.50", 5070)
+    assert agent.counters.tolerated_unclosed_contact == 1
+
+
+def test_reinvite_contact_without_its_closing_bracket_becomes_the_remote_target() -> None:
+    agent = make_agent()
+    call = establish(agent)
+    reinvite_answered(agent, call, 1.0, contact=UNCLOSED)
+    agent.receive(ack(cseq=call.cseq, to_tag=call.to_tag), SRC_UDP, 1.1)
+    agent.end_dialog(call.dialog, 2.0)
+    (bye,) = requests_in(sent(agent))
+    assert (bye.peer.host, bye.peer.port) == ("203.0.113.50", 5070)
+    assert agent.counters.tolerated_unclosed_contact == 1
+
+
+@pytest.mark.parametrize("contact", ["garbage <", "<sip:a@b;self", "<sip:", "<<sip:a@b"])
+def test_contact_that_a_closing_bracket_does_not_mend_still_gets_400(contact: str) -> None:
+    agent = make_agent()
+    agent.receive(request("INVITE", body=SDP, contact=contact), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [400]
+    assert agent.counters.tolerated_unclosed_contact == 0
+
+
+def test_strict_agent_refuses_a_contact_without_its_closing_bracket_with_400() -> None:
+    agent = make_agent(strict=True)
+    agent.receive(request("INVITE", body=SDP, contact=UNCLOSED), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [400]
+    assert events(agent) == [] and agent.counters.tolerated_unclosed_contact == 0
