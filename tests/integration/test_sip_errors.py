@@ -848,3 +848,29 @@ async def test_contact_without_closing_bracket_is_recorded(server: RunningServer
         await wait_for_state(server, dialog.call_id, "complete")
     assert server.sip.agent.counters.tolerated_unclosed_contact == 1
     await nothing_held(server)
+
+
+async def test_strict_server_keeps_the_rfc_3261_answers(db_dsn: str, data_dir: Path) -> None:
+    async with own_server(db_dsn, data_dir, sip__strict="true") as srv, \
+            SipTestClient("udp", sip_address(srv, "udp")) as src:
+        response, dialog = await src.invite(unclosed_contact(invite(src)))
+        assert response.status == 400 and dialog is None
+        # An ACK with the wrong CSeq is ignored: the 200 keeps coming.
+        _, dialog = await invite_unacknowledged(src, invite(src))
+        src.send(src.request("ACK", dialog, cseq=dialog.cseq + 1))
+        assert (await src.response("INVITE", timeout=1.2)).status == 200
+        src.send(src.ack(dialog, dialog.cseq))
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, cseq=10, body=multipart(),
+                             content_type=content_type))
+        assert (await src.response("INVITE")).status == 200
+        src.send(src.ack(dialog, 10))
+        src.send(src.request("BYE", dialog, cseq=3))
+        assert (await src.response("BYE")).status == 500
+        await wait_for_state(srv, dialog.call_id, "recording")
+        src.send(src.request("BYE", dialog, cseq=11))
+        assert (await src.response("BYE")).status == 200
+        await wait_for_state(srv, dialog.call_id, "complete")
+    counters = srv.sip.agent.counters
+    assert (counters.tolerated_ack_mismatch, counters.tolerated_low_cseq_bye,
+            counters.tolerated_unclosed_contact) == (0, 0, 0)
