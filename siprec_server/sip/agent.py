@@ -273,7 +273,7 @@ class SipAgent:
             self._reply(txn, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
         if method == "OPTIONS":
-            self._reply(txn, 200, now, headers=self._capabilities(txn))
+            self._reply(txn, 200, now, headers=self.settings.capabilities(txn.peer.transport))
             return
         if request.is_in_dialog:
             self._process_in_dialog(txn, now)
@@ -627,13 +627,3 @@ class SipAgent:
     ) -> ServerTransaction:
         reply_to = reply_destination(request, peer)
         return self._transactions.open(key, request, peer, reply_to, now, self._answer_overdue)
-
-    def _capabilities(self, txn: ServerTransaction) -> list[tuple[str, str]]:
-        s = self.settings
-        return [
-            ("Allow", ", ".join(s.allow)),
-            ("Accept", ", ".join(s.accept)),
-            ("Supported", ", ".join(s.supported)),
-            ("Accept-Encoding", "identity"),
-            ("Contact", s.contact(txn.peer.transport)),
-        ]

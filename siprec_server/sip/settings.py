@@ -48,6 +48,16 @@ class AgentSettings:
         param = f";transport={transport}" if transport != "udp" else ""
         return f"<{scheme}:srs@{bracket_host(host)}:{port}{param}>;+sip.srs"
 
+    def capabilities(self, transport: str) -> list[tuple[str, str]]:
+        """What an answer to OPTIONS says about us (RFC 3261 §11.2)."""
+        return [
+            ("Allow", ", ".join(self.allow)),
+            ("Accept", ", ".join(self.accept)),
+            ("Supported", ", ".join(self.supported)),
+            ("Accept-Encoding", "identity"),
+            ("Contact", self.contact(transport)),
+        ]
+
     def via(self, transport: str, branch: str) -> str:
         """The Via of a request we send (RFC 3261 §8.1.1.7, with rport: RFC 3581 §3)."""
         host, port = self.address(transport)
