@@ -1,9 +1,10 @@
-"""What the SIP core counts, for /metrics: one typed field per kind, so that a misspelt counter
-is a type error rather than a new series."""
+"""What the SIP core counts, for /metrics (which exports every int field of `agent.counters` as
+a kind of siprec_sip_messages_total): one typed field per kind, so that a misspelt counter is a
+type error rather than a new series."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -30,6 +31,3 @@ class SipCounters:
     """A BYE with a CSeq below the dialog's last request (e.g. a re-INVITE's), obeyed."""
     tolerated_unclosed_contact: int = 0
     """A Contact without its closing `>`, read as if it ended with one."""
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
