@@ -237,6 +237,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 local={"udp": (sip_host, 5060)},
                 session_expires=config.sip.session_expires,
                 min_se=config.sip.min_se,
+                strict=config.sip.strict,
             )
         )
         sip = SipEndpoint(agent, limits=TransportLimits(

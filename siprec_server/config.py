@@ -67,6 +67,7 @@ class SipConfig:
     idle_timeout: int = 3600
     max_streams: int = 8
     sdes_over_plain_sip: str = "loopback"
+    strict: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
