@@ -329,11 +329,33 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     return server
 
 
+def login_hint(config: Config, api_address: tuple[str, int]) -> str:
+    """How to log in, as a command that works when pasted (the start-up banner)."""
+    host, port = api_address
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    tls = config.api.tls
+    scheme = "https" if tls.cert_file else "http"
+    cacert = f" --cacert {tls.cert_file}" if tls.cert_file else ""
+    user = config.auth.bootstrap_admin or "USER"
+    return (
+        "siprec-server: log in with\n"
+        f"  curl -s{cacert} -X POST {scheme}://{host}:{port}/api/v1/auth/token "
+        f"-H 'Content-Type: application/json' "
+        f"-d '{{\"username\": \"{user}\", \"password\": \"PASSWORD\"}}'\n"
+        "  then send the token as: -H \"Authorization: Bearer TOKEN\"; "
+        f"API description: {scheme}://{host}:{port}/api/v1/openapi.json"
+    )
+
+
 async def run_until_signalled(config: Config) -> None:
     server = await start_server(config)
     scheme = "https" if config.api.tls.cert_file else "http"
     print(f"siprec-server: SIP on {', '.join(f'{k}:{h}:{p}' for k, h, p in server.sip_addresses)}"
           f"; API on {scheme}://{server.api_address[0]}:{server.api_address[1]}", flush=True)
+    print(login_hint(config, server.api_address), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
