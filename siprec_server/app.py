@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 from aiohttp import web
@@ -35,6 +36,7 @@ from siprec_server.data_dir import DataDirLock, prepare_data_dir
 from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
+from siprec_server.media.source import SourcePolicy as RtpSourcePolicy
 from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
 from siprec_server.net.source_policy import SourcePolicy, is_loopback
@@ -215,8 +217,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 config.media.dtmf_resume_sequence,
                 config.media.dtmf_sequence_timeout,
             ),
+            dtmf_control_from=config.media.dtmf_control_from,
             inactivity_timeout=config.media.inactivity_timeout,
             min_free_bytes=config.server.min_free_disk_mb * 2**20,
+            rtp_source=cast(RtpSourcePolicy, config.media.rtp_source),
         )
         recovered = await media.recover()
         if recovered:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from siprec_server.media.source import SOURCE_POLICIES
 from siprec_server.media.srtp_suites import SUITES, find_suite
 from siprec_server.net.source_policy import parse_networks
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "G729", "opus")
+DTMF_CONTROL_KINDS = ("label", "aor", "number")
 ENV_PREFIX = "SIPREC_"
 
 
@@ -83,7 +85,9 @@ class MediaConfig:
     dtmf_pause_sequence: str = "*1"
     dtmf_resume_sequence: str = "*2"
     dtmf_sequence_timeout: int = 3
+    dtmf_control_from: tuple[str, ...] = ("*",)
     inactivity_timeout: int = 300
+    rtp_source: str = "offer-address"
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,14 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: up to 8 keys of 0-9 * # A-D, or empty to disable")
     if media.dtmf_pause_sequence and media.dtmf_pause_sequence == media.dtmf_resume_sequence:
         raise ConfigError("media.dtmf_resume_sequence: must differ from the pause sequence")
+    for rule in media.dtmf_control_from:
+        kind, colon, pattern = rule.partition(":")
+        if rule != "*" and not (colon and kind in DTMF_CONTROL_KINDS and pattern.strip()):
+            raise ConfigError(
+                f"media.dtmf_control_from: {rule[:60]!r} is not \"*\", \"label:GLOB\", "
+                "\"aor:GLOB\" or \"number:GLOB\"")
+    if media.rtp_source not in SOURCE_POLICIES:
+        raise ConfigError(f"media.rtp_source: expected one of {', '.join(SOURCE_POLICIES)}")
     if media.inactivity_timeout < 5:
         raise ConfigError("media.inactivity_timeout: at least 5 seconds")
     if media.codec_preference not in ("offer", "local"):

@@ -402,7 +402,8 @@ class Recorder:
             session.recording_id, _metadata_event(now, request.method, document, xml),
             _session_rows(session))
         self.sip.respond(event.txn, 200, headers=headers, body=body)
-        if self._media is not None and offer is not None:
+        if self._media is not None and (offer is not None or document is not None):
+            # New metadata can change who sends a stream, and so whose keys may pause.
             await self._media.update(session)
 
     # ---------------------------------------------------------------- endings
