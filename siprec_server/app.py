@@ -36,7 +36,7 @@ from siprec_server.data_dir import DataDirLock, prepare_data_dir
 from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
-from siprec_server.media.source import SourcePolicy as RtpSourcePolicy
+from siprec_server.media.source import RtpSourcePolicy
 from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
 from siprec_server.net.source_policy import SourcePolicy, is_loopback

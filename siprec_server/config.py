@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from siprec_server.media.source import SOURCE_POLICIES
+from siprec_server.media.source import RTP_SOURCE_POLICIES
 from siprec_server.media.srtp_suites import SUITES, find_suite
 from siprec_server.net.source_policy import parse_networks
 
@@ -333,8 +333,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"media.dtmf_control_from: {rule[:60]!r} is not \"*\", \"label:GLOB\", "
                 "\"aor:GLOB\" or \"number:GLOB\"")
-    if media.rtp_source not in SOURCE_POLICIES:
-        raise ConfigError(f"media.rtp_source: expected one of {', '.join(SOURCE_POLICIES)}")
+    if media.rtp_source not in RTP_SOURCE_POLICIES:
+        raise ConfigError(f"media.rtp_source: expected one of {', '.join(RTP_SOURCE_POLICIES)}")
     if media.inactivity_timeout < 5:
         raise ConfigError("media.inactivity_timeout: at least 5 seconds")
     if media.codec_preference not in ("offer", "local"):

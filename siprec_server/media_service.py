@@ -42,7 +42,7 @@ from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.events import RecordingPaused
 from siprec_server.media.ports import PortAllocator, PortsExhausted
-from siprec_server.media.source import Address, SourcePolicy, offer_address
+from siprec_server.media.source import Address, RtpSourcePolicy, offer_address
 from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
@@ -248,7 +248,7 @@ class MediaService:
         dtmf_control_from: Sequence[str] = ("*",),
         inactivity_timeout: float = 300.0,
         min_free_bytes: int = 0,
-        rtp_source: SourcePolicy = "offer-address",
+        rtp_source: RtpSourcePolicy = "offer-address",
     ) -> None:
         self._dir = data_dir / "recordings"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ class MediaService:
         self._dtmf_control = dtmf_control
         self._dtmf_control_from = tuple(dtmf_control_from)
         self._inactivity_timeout = inactivity_timeout
-        self._rtp_source: SourcePolicy = rtp_source
+        self._rtp_source: RtpSourcePolicy = rtp_source
         self.on_inactive: Callable[[RecordingSession], None] | None = None
         """Called once when a session's media has been silent for the inactivity timeout."""
         self.on_storage_full: Callable[[RecordingSession], None] | None = None

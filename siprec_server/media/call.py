@@ -39,8 +39,8 @@ from siprec_server.media.ogg_opus import OggOpusEncoder
 from siprec_server.media.rtp import RtpFormatError, parse_rtp_header
 from siprec_server.media.source import (
     Address,
+    RtpSourcePolicy,
     SourceFilter,
-    SourcePolicy,
     SourceVerdict,
     SsrcLock,
 )
@@ -149,7 +149,7 @@ class MediaReport:
 class _Stream:
     __slots__ = ("spec", "timeline", "srtp", "counters", "sources", "ssrc", "detector")
 
-    def __init__(self, spec: StreamSpec, rate: int, policy: SourcePolicy,
+    def __init__(self, spec: StreamSpec, rate: int, policy: RtpSourcePolicy,
                  control: DtmfControl | None) -> None:
         self.spec = spec
         self.timeline = StreamTimeline(
@@ -172,7 +172,7 @@ class _Stream:
             self.detector = DtmfSequenceDetector(control)
 
 
-def _source_filter(spec: StreamSpec, policy: SourcePolicy) -> SourceFilter:
+def _source_filter(spec: StreamSpec, policy: RtpSourcePolicy) -> SourceFilter:
     rtcp_port = spec.remote_port if spec.rtcp_mux else spec.remote_rtcp_port
     return SourceFilter(policy, spec.remote_address, spec.remote_port, rtcp_port)
 
@@ -206,14 +206,14 @@ class CallMedia:
         started: float,
         rate: int | None = None,
         dtmf_control: DtmfControl | None = None,
-        source_policy: SourcePolicy = "any",
+        source_policy: RtpSourcePolicy = "any",
     ) -> None:
         """`started` is the caller's clock when the session's media began: time 0 of the
         recording. `source_policy` says which source addresses each stream accepts
         (siprec_server.media.source)."""
         self.rate = rate or recording_rate(streams)
         self.channels = channels
-        self._policy: SourcePolicy = source_policy
+        self._policy: RtpSourcePolicy = source_policy
         self._control = dtmf_control
         self._streams: dict[int, _Stream] = {
             s.index: _Stream(s, self.rate, source_policy, dtmf_control) for s in streams

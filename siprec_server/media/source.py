@@ -29,18 +29,19 @@ from enum import Enum
 from typing import Final, Literal
 
 __all__ = [
-    "SOURCE_POLICIES",
+    "RTP_SOURCE_POLICIES",
     "SSRC_CHANGE_SILENCE",
     "Address",
+    "RtpSourcePolicy",
     "SourceFilter",
-    "SourcePolicy",
     "SourceVerdict",
     "SsrcLock",
     "offer_address",
 ]
 
-SourcePolicy = Literal["offer-address", "offer", "latch", "any"]
-SOURCE_POLICIES: Final[tuple[SourcePolicy, ...]] = ("offer-address", "offer", "latch", "any")
+RtpSourcePolicy = Literal["offer-address", "offer", "latch", "any"]
+RTP_SOURCE_POLICIES: Final[tuple[RtpSourcePolicy, ...]] = (
+    "offer-address", "offer", "latch", "any")
 
 Address = tuple[str, int]
 """(host, port) as the socket reports it; IPv6 sockets may add flow info and scope id."""
@@ -93,16 +94,16 @@ class SourceFilter:
 
     def __init__(
         self,
-        policy: SourcePolicy,
+        policy: RtpSourcePolicy,
         address: str | None,
         rtp_port: int | None = None,
         rtcp_port: int | None = None,
     ) -> None:
-        if policy not in SOURCE_POLICIES:
+        if policy not in RTP_SOURCE_POLICIES:
             raise ValueError(f"unknown RTP source policy {policy!r}")
         if policy in ("offer-address", "offer") and address is None:
             policy = "latch"
-        self.policy: SourcePolicy = policy
+        self.policy: RtpSourcePolicy = policy
         """The policy in force (an offer* policy without a usable address latches)."""
         self._hosts = _host_forms(address) if address is not None else frozenset()
         self._rtp_port = rtp_port
