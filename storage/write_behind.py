@@ -244,7 +244,9 @@ class WriteBehind:
         while True:
             try:
                 await self.store.ping()
-            except StorageUnavailable:
+            except Exception as exc:  # noqa: BLE001 - the probe must outlive any failure
+                if not isinstance(exc, StorageUnavailable):
+                    log.error("database_probe_failed", error=repr(exc)[:200])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _PROBE_MAX_S)
                 continue
