@@ -19,7 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from api.app import create_api
-from api.auth_api import ensure_bootstrap_admin, setup_identity
+from api.auth_api import setup_identity
 from api.metrics import METRICS_KEY
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import AccessError
@@ -39,6 +39,7 @@ from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
 from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
+from siprec_server.services.accounts import ensure_bootstrap_admin
 from siprec_server.services.database import DatabaseHandle, open_server_database
 from siprec_server.services.node import NodeMembership
 from siprec_server.sip.agent import AgentSettings, SipAgent

@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
-from api.auth_api import ensure_bootstrap_admin, setup_identity
+from api.auth_api import setup_identity
 from siprec_server.access import AccessError, LoginPolicy, PasswordHashing, token_digest
+from siprec_server.services.accounts import ensure_bootstrap_admin
 from storage import users
 from storage.audit import verify_audit_chain
 
