@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from siprec_server.access import (
 from siprec_server.logs import get_logger
 from siprec_server.services.accounts import create_account
 from storage import users
-from storage.audit import AuditEvent, record_audit
+from storage.audit import AuditEvent, AuditQuery, StoredAuditEvent, read_audit, record_audit
 
 __all__ = [
     "IDENTITY_KEY",
@@ -505,8 +504,8 @@ _AUDIT_FILTERS = ("actor", "action", "target", "outcome")
 _AUDIT_PARAMS = frozenset({*_AUDIT_FILTERS, "from", "to", "limit", "cursor", "order"})
 
 
-def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[str, str]]:
-    """SQL, parameters, page size and the filters as given, from the query string."""
+def _audit_query(query: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
+    """The page the query string asks for, and the filters as given (for the audit event)."""
     unknown = sorted(set(query) - _AUDIT_PARAMS)
     if unknown:
         raise ApiInputError(f"unknown parameters: {', '.join(unknown)[:200]}")
@@ -518,64 +517,44 @@ def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[st
         if len(values[0]) > 256:
             raise ApiInputError(f"{name}: too long")
         given[name] = values[0]
-    where: list[str] = []
-    params: list[Any] = []
-    for name in _AUDIT_FILTERS:
-        if name not in given:
-            continue
-        value = given[name]
-        if name == "action" and value.endswith("*"):
-            # "auth.*": every action under a prefix.
-            prefix = value[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params.append(prefix + "%")
-            where.append(f"action LIKE ${len(params)}")
-        else:
-            params.append(value)
-            where.append(f"{name} = ${len(params)}")
-    if "from" in given:
-        params.append(parse_timestamp("from", given["from"]))
-        where.append(f"at >= ${len(params)}")
-    if "to" in given:
-        params.append(parse_timestamp("to", given["to"]))
-        where.append(f"at < ${len(params)}")
+    action, action_prefix = given.get("action"), None
+    if action is not None and action.endswith("*"):
+        action_prefix = action[:-1]  # "auth.*": every action under a prefix
+        action = None
+    at_from = parse_timestamp("from", given["from"]) if "from" in given else None
+    at_to = parse_timestamp("to", given["to"]) if "to" in given else None
     order = given.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiInputError("order: asc or desc")
+    after_seq = None
     if "cursor" in given:
         cursor = given["cursor"]
         if not cursor.isdigit() or len(cursor) > 18:
             raise ApiInputError("cursor: not a cursor of this listing")
-        params.append(int(cursor))
-        where.append(f"seq {'<' if order == 'desc' else '>'} ${len(params)}")
+        after_seq = int(cursor)
     limit_text = given.get("limit", str(DEFAULT_AUDIT_PAGE))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT_PAGE:
         raise ApiInputError(f"limit: 1 to {MAX_AUDIT_PAGE}")
-    limit = int(limit_text)
-    params.append(limit + 1)  # one more tells whether there is a next page
-    sql = (
-        "SELECT seq, at, actor, action, target, source, outcome, details, prev_hash, hash "
-        "FROM audit_events"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY seq {order.upper()} LIMIT ${len(params)}"
+    page = AuditQuery(
+        actor=given.get("actor"), action=action, action_prefix=action_prefix,
+        target=given.get("target"), outcome=given.get("outcome"), at_from=at_from, at_to=at_to,
+        after_seq=after_seq, newest_first=order == "desc", limit=int(limit_text),
     )
-    return sql, params, limit, given
+    return page, given
 
 
-def _audit_json(row: Any) -> dict[str, Any]:
-    details = row["details"]
-    if isinstance(details, str):
-        details = json.loads(details)
+def _audit_json(event: StoredAuditEvent) -> dict[str, Any]:
     return {
-        "seq": row["seq"],
-        "at": _rfc3339(row["at"]),
-        "actor": row["actor"],
-        "action": row["action"],
-        "target": row["target"],
-        "source": row["source"],
-        "outcome": row["outcome"],
-        "details": details,
-        "prev_hash": bytes(row["prev_hash"]).hex(),
-        "hash": bytes(row["hash"]).hex(),
+        "seq": event.seq,
+        "at": _rfc3339(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "source": event.source,
+        "outcome": event.outcome,
+        "details": event.details,
+        "prev_hash": event.prev_hash.hex(),
+        "hash": event.hash.hex(),
     }
 
 
@@ -583,11 +562,10 @@ def _audit_json(row: Any) -> dict[str, Any]:
 @_input_errors
 async def list_audit(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    sql, params, limit, given = _audit_query(request.query)
-    db = request.app[DB_KEY]
-    rows = await db.fetch(sql, *params)
-    items = [_audit_json(row) for row in rows[:limit]]
-    next_cursor = str(items[-1]["seq"]) if len(rows) > limit else None
+    query, given = _audit_query(request.query)
+    page = await read_audit(request.app[DB_KEY], query)
+    items = [_audit_json(event) for event in page.events]
+    next_cursor = str(page.events[-1].seq) if page.more else None
     # Reading the audit trail is itself audited (PCI DSS 10.2.1.3); after the query, so a
     # first page does not show its own read.
     await _audit(request, AuditEvent(

@@ -31,6 +31,8 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.sql import Statement, like_escape
+
 __all__ = [
     "MAX_LIMIT",
     "Cursor",
@@ -158,19 +160,7 @@ class RecordingQuery:
 
 def like_substring(text: str) -> str:
     """A LIKE pattern matching `text` anywhere, its own % _ \\ taken literally."""
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-class _Statement:
-    """SQL text with numbered parameters, built up in order."""
-
-    def __init__(self) -> None:
-        self.params: list[object] = []
-
-    def param(self, value: object) -> str:
-        self.params.append(value)
-        return f"${len(self.params)}"
+    return f"%{like_escape(text.lower())}%"
 
 
 _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state, r.started_at,
@@ -178,7 +168,7 @@ _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state
     r.erased_at, r.erased_by, r.erasure_reason"""
 
 
-def _scope_predicate(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
+def _scope_predicate(scope: ScopeSql | None, statement: Statement, alias: str) -> str | None:
     """The scope as a condition on one participants row `alias`; None when it restricts
     nothing, "FALSE" when it admits nothing."""
     if scope is None:
@@ -193,7 +183,7 @@ def _scope_predicate(scope: ScopeSql | None, statement: _Statement, alias: str) 
     return text
 
 
-def _scope_condition(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
+def _scope_condition(scope: ScopeSql | None, statement: Statement, alias: str) -> str | None:
     """The scope as a condition on recordings r; None when it restricts nothing."""
     predicate = _scope_predicate(scope, statement, alias)
     if predicate is None or predicate == "FALSE":
@@ -214,7 +204,7 @@ class _Window:
     after_id: str | None
 
     @classmethod
-    def of(cls, query: RecordingQuery, st: _Statement) -> _Window:
+    def of(cls, query: RecordingQuery, st: Statement) -> _Window:
         return cls(
             None if query.started_from is None else st.param(query.started_from),
             None if query.started_to is None else st.param(query.started_to),
@@ -240,7 +230,7 @@ class _Window:
 
 
 def _page_in_participants(
-    query: RecordingQuery, scope: str | None, st: _Statement
+    query: RecordingQuery, scope: str | None, st: Statement
 ) -> str | None:
     """The condition on one participants row that alone decides the page, when there is one.
 
@@ -265,7 +255,7 @@ def _page_in_participants(
 def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list[object]]:
     """The statement of one page of `query` (limit + 1 rows: the extra one says whether there
     is a next page) within `scope`."""
-    st = _Statement()
+    st = Statement()
     window = _Window.of(query, st)
     predicate = _scope_predicate(scope, st, "sp")
     rows = st.param(query.limit + 1)
@@ -503,7 +493,7 @@ async def visible_recording_ids(
     db: Executor, recording_ids: Sequence[UUID], scope: ScopeSql | None
 ) -> set[UUID]:
     """Which of these recordings exist within `scope`."""
-    st = _Statement()
+    st = Statement()
     ids = st.param(list(recording_ids))
     where = [f"r.id = ANY({ids}::uuid[])"]
     scoped = _scope_condition(scope, st, "sp")
@@ -519,7 +509,7 @@ async def fetch_recording(
 ) -> dict[str, Any] | None:
     """One recording's detail view, or None when it does not exist or is out of scope (the two
     must look the same to the caller)."""
-    st = _Statement()
+    st = Statement()
     where = [f"r.id = {st.param(recording_id)}"]
     scoped = _scope_condition(scope, st, "sp")
     if scoped is not None:
@@ -544,7 +534,7 @@ async def recording_state(
 ) -> dict[str, Any] | None:
     """State, erasure stamp and audio facts of one recording within `scope` (None when absent
     or out of scope)."""
-    st = _Statement()
+    st = Statement()
     where = [f"r.id = {st.param(recording_id)}"]
     scoped = _scope_condition(scope, st, "sp")
     if scoped is not None:
@@ -563,7 +553,7 @@ async def find_by_reference(
 ) -> list[dict[str, Any]]:
     """Recordings a caller's reference names — a SIP Call-ID, a SIPREC session id or a
     recording id — within `scope`, newest first, each with how the reference matched."""
-    st = _Statement()
+    st = Statement()
     text = st.param(ref)
     terms = [f"r.call_id = {text}", f"r.session_id = {text}"]
     try:
