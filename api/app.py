@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from siprec_server.logs import get_logger
+from storage.database import reachable
 from storage.errors import StorageUnavailable, is_unavailable
 from storage.write_behind import WriteBehind
 
@@ -68,12 +69,7 @@ async def read_json_object(
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: 200 when the database answers and no write waits for it; 503
     and "degraded" otherwise (recording goes on; new calls are refused until it is back)."""
-    db = request.app[DB_KEY]
-    try:
-        await db.fetchval("SELECT 1", timeout=2)
-        database = "ok"
-    except Exception:  # noqa: BLE001 - any failure means the database is not usable
-        database = "unreachable"
+    database = "ok" if await reachable(request.app[DB_KEY]) else "unreachable"
     body: dict[str, Any] = {"database": database}
     writes = request.app.get(WRITES_KEY)
     waiting = 0

@@ -30,6 +30,7 @@ import asyncpg
 from aiohttp import web
 
 from api.app import DB_KEY, RECORDER_KEY
+from storage import recordings
 
 __all__ = [
     "CONTENT_TYPE",
@@ -145,8 +146,7 @@ class Metrics:
             now = time.monotonic()
             if now - self._states_at < STATE_CACHE_S:
                 return
-            rows = await db.fetch("SELECT state, count(*) AS n FROM recordings GROUP BY state")
-            self._states = {row["state"]: row["n"] for row in rows}
+            self._states = await recordings.count_by_state(db)
             self._states_at = now
 
     def _counter(self, key: str, value: int) -> int:

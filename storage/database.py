@@ -35,6 +35,7 @@ __all__ = [
     "dsn_with_database",
     "ensure_database",
     "migrate",
+    "reachable",
     "read_migrations",
 ]
 
@@ -136,6 +137,15 @@ async def create_pool(
             "statement_timeout": str(int(statement_timeout_s * 1000)),
         },
     )
+
+
+async def reachable(db: asyncpg.Pool, *, timeout_s: float = 2.0) -> bool:
+    """Whether the database answers a trivial query within `timeout_s` (health checks)."""
+    try:
+        await db.fetchval("SELECT 1", timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - any failure means the database is not usable
+        return False
+    return True
 
 
 @asynccontextmanager

@@ -209,6 +209,12 @@ async def get_recording(db: Executor, recording_id: UUID) -> dict[str, Any] | No
     return result
 
 
+async def count_by_state(db: Executor) -> dict[str, int]:
+    """How many recordings are in each state (states without any are absent)."""
+    rows = await db.fetch("SELECT state, count(*) AS n FROM recordings GROUP BY state")
+    return {row["state"]: row["n"] for row in rows}
+
+
 async def find_by_call_id(db: Executor, call_id: str) -> list[UUID]:
     rows = await db.fetch(
         "SELECT id FROM recordings WHERE call_id = $1 ORDER BY started_at", call_id
