@@ -33,16 +33,15 @@ from aiohttp import web
 
 from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
 from api.security import TOKEN_HASH, authenticate, principal_of, require
+from api.views import audit_event_view, rfc3339, user_view
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
     MAX_PASSWORD_LENGTH,
-    ROLES,
     AccessError,
     LoginPolicy,
     PasswordHashing,
     Permission,
     Principal,
-    Role,
     new_api_token,
     token_digest,
     validate_password,
@@ -52,7 +51,7 @@ from siprec_server.access import (
 from siprec_server.logs import get_logger
 from siprec_server.services.accounts import create_account
 from storage import users
-from storage.audit import AuditEvent, AuditQuery, StoredAuditEvent, read_audit, record_audit
+from storage.audit import AuditEvent, AuditQuery, read_audit, record_audit
 
 __all__ = [
     "IDENTITY_KEY",
@@ -147,34 +146,6 @@ def _input_errors(handler: Handler) -> Handler:
     return answering
 
 
-def _rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _user_json(user: users.User, now: datetime) -> dict[str, Any]:
-    try:
-        permissions = sorted(ROLES[Role(user.role)])
-    except ValueError:
-        permissions = []
-    return {
-        "id": str(user.id),
-        "username": user.username,
-        "role": user.role,
-        "permissions": permissions,
-        "scopes": list(user.scopes),
-        "disabled": user.disabled,
-        "locked": user.locked_until is not None and user.locked_until > now,
-        "locked_until": _rfc3339(user.locked_until),
-        "failed_logins": user.failed_logins,
-        "created_at": _rfc3339(user.created_at),
-        "updated_at": _rfc3339(user.updated_at),
-        "password_changed_at": _rfc3339(user.password_changed_at),
-        "last_login_at": _rfc3339(user.last_login_at),
-    }
-
-
 def _user_id(request: web.Request) -> UUID:
     try:
         return UUID(request.match_info["id"])
@@ -264,14 +235,14 @@ async def _login_succeeded(
     await _audit(request, AuditEvent(
         actor=str(user.id), action="auth.login", target=str(user.id), source=source,
         details={"token_id": issued.token_hash[:8].hex(),
-                 "expires_at": _rfc3339(issued.expires_at),
+                 "expires_at": rfc3339(issued.expires_at),
                  "rehashed": new_hash is not None},
     ))
     principal = Principal.of(user.id, user.username, user.role, user.scopes)
     response = web.json_response({
         "token": token,
         "token_type": "Bearer",
-        "expires_at": _rfc3339(issued.expires_at),
+        "expires_at": rfc3339(issued.expires_at),
         "user": {"id": str(user.id), "username": user.username, "role": user.role,
                  "permissions": sorted(principal.permissions), "scopes": list(user.scopes)},
     })
@@ -314,13 +285,13 @@ async def _login_failed(
         log.warning("account_locked", user_id=str(user.id))
         await _audit(request, AuditEvent(
             actor="system", action="auth.account_locked", target=str(user.id), source=source,
-            details={"until": _rfc3339(failure.locked_until), "failures": failure.failures},
+            details={"until": rfc3339(failure.locked_until), "failures": failure.failures},
         ))
     if from_source.blocked_until is not None and from_source.failures >= policy.source_max_failures:
         log.warning("login_source_blocked")
         await _audit(request, AuditEvent(
             actor="system", action="auth.source_blocked", source=source,
-            details={"until": _rfc3339(from_source.blocked_until),
+            details={"until": rfc3339(from_source.blocked_until),
                      "failures": from_source.failures},
         ))
     await asyncio.sleep(policy.failure_delay(max(failures, from_source.failures)))
@@ -348,7 +319,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def list_users(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
     accounts = await users.list_users(request.app[DB_KEY])
-    return web.json_response({"items": [_user_json(u, now) for u in accounts],
+    return web.json_response({"items": [user_view(u, now) for u in accounts],
                               "next_cursor": None})
 
 
@@ -374,7 +345,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     except users.UsernameTakenError:
         raise ApiInputError("that username is taken", status=409, code="username_taken") from None
     assert user is not None
-    result: dict[str, Any] = {"user": _user_json(user, datetime.now(UTC))}
+    result: dict[str, Any] = {"user": user_view(user, datetime.now(UTC))}
     if generated is not None:
         result["password"] = generated
     response = web.json_response(result, status=201)
@@ -389,7 +360,7 @@ async def show_me(request: web.Request) -> web.StreamResponse:
     user = await users.find_user(request.app[DB_KEY], principal.user_id)
     if user is None:
         raise ApiInputError("no such user", status=404, code="not_found")
-    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+    return web.json_response({"user": user_view(user, datetime.now(UTC))})
 
 
 @require(Permission.USERS_MANAGE, action="users.read")
@@ -398,7 +369,7 @@ async def show_user(request: web.Request) -> web.StreamResponse:
     user = await users.find_user(request.app[DB_KEY], _user_id(request))
     if user is None:
         raise ApiInputError("no such user", status=404, code="not_found")
-    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+    return web.json_response({"user": user_view(user, datetime.now(UTC))})
 
 
 _PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
@@ -478,7 +449,7 @@ async def _change_user(
                 actor=str(principal.user_id), action="auth.token_revoked", target=str(user_id),
                 source=source, details={"reason": revoke_reason, "count": count},
             ))
-    return web.json_response({"user": _user_json(after, now)})
+    return web.json_response({"user": user_view(after, now)})
 
 
 def _describe_changes(
@@ -543,28 +514,13 @@ def _audit_query(query: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
     return page, given
 
 
-def _audit_json(event: StoredAuditEvent) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "at": _rfc3339(event.at),
-        "actor": event.actor,
-        "action": event.action,
-        "target": event.target,
-        "source": event.source,
-        "outcome": event.outcome,
-        "details": event.details,
-        "prev_hash": event.prev_hash.hex(),
-        "hash": event.hash.hex(),
-    }
-
-
 @require(Permission.AUDIT_READ, action="audit.read")
 @_input_errors
 async def list_audit(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     query, given = _audit_query(request.query)
     page = await read_audit(request.app[DB_KEY], query)
-    items = [_audit_json(event) for event in page.events]
+    items = [audit_event_view(event) for event in page.events]
     next_cursor = str(page.events[-1].seq) if page.more else None
     # Reading the audit trail is itself audited (PCI DSS 10.2.1.3); after the query, so a
     # first page does not show its own read.

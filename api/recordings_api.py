@@ -36,6 +36,7 @@ from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_obj
 from api.metrics import setup_metrics
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
+from api.views import detail_view, recording_view, tombstone_view
 from siprec_server.access import Permission, Principal, scope_filter
 from siprec_server.logs import get_logger
 from siprec_server.numbers import normalize_number
@@ -223,7 +224,8 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
     page = await search.search_recordings(request.app[DB_KEY], query, _scope(principal))
     await _audit(request, principal, "recording.search",
                  details={"filters": query.filter_kinds, "returned": len(page.items)})
-    return web.json_response({"items": page.items, "next_cursor": page.next_cursor})
+    return web.json_response({"items": [recording_view(found) for found in page.items],
+                              "next_cursor": page.next_cursor})
 
 
 CSV_COLUMNS = ("id", "call_id", "session_id", "state", "started_at", "ended_at", "duration_s",
@@ -291,7 +293,8 @@ async def _export_csv(request: web.Request, principal: Principal,
                 page = await search.search_recordings(request.app[DB_KEY], page_query,
                                                       _scope(principal))
             if page.items:
-                await response.write(_csv_text([_csv_row(item) for item in page.items]))
+                await response.write(_csv_text(
+                    [_csv_row(recording_view(found)) for found in page.items]))
             exported += len(page.items)
             if page.next_cursor is None or (cap is not None and exported >= cap):
                 break
@@ -326,9 +329,10 @@ async def show_recording(request: web.Request) -> web.StreamResponse:
         raise ApiInputError(f"unknown parameters: {', '.join(unknown)[:200]}")
     verify = _flag(request, "verify")
     db = request.app[DB_KEY]
-    view = await search.fetch_recording(db, recording_id, _scope(principal))
-    if view is None:
+    found = await search.find_recording(db, recording_id, _scope(principal))
+    if found is None:
         raise _not_found()
+    view = detail_view(found)
     details: dict[str, Any] = {"verify": verify}
     if verify:
         keys = request.app.get(KEYS_KEY)
@@ -501,7 +505,7 @@ async def erase(request: web.Request) -> web.StreamResponse:
                             status=409, code="recording_active") from None
     log.info("recording_erased", recording_id=str(recording_id),
              already=erasure.already_erased)
-    return web.json_response({"recording": erasure.tombstone.as_dict(),
+    return web.json_response({"recording": tombstone_view(erasure.tombstone),
                               "already_erased": erasure.already_erased})
 
 

@@ -30,7 +30,6 @@ from uuid import UUID
 import asyncpg
 
 from storage.audit import AuditEvent, record_audit
-from storage.search import rfc3339
 
 __all__ = [
     "Erasure",
@@ -68,18 +67,6 @@ class Tombstone:
     erased_at: datetime
     erased_by: str
     reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": str(self.recording_id),
-            "state": "erased",
-            "started_at": rfc3339(self.started_at),
-            "ended_at": rfc3339(self.ended_at),
-            "duration_s": None if self.duration_ms is None else self.duration_ms / 1000,
-            "erased_at": rfc3339(self.erased_at),
-            "erased_by": self.erased_by,
-            "erasure_reason": self.reason,
-        }
 
 
 @dataclass(frozen=True, slots=True)

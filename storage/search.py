@@ -1,5 +1,5 @@
-"""Finding recordings: a search as a value, its SQL, the opaque page cursor, and the RECORDING
-view (INTERFACES.md) of stored rows.
+"""Finding recordings: a search as a value, its SQL, the opaque page cursor, and the rows it
+finds (their JSON shape is the API's business: api/views.py).
 
 Every filter value is a bound parameter. The caller's scope (which recordings a user may see at
 all) is an SQL expression over one `participants` row, supplied by the caller and ANDed into the
@@ -39,14 +39,12 @@ __all__ = [
     "RecordingQuery",
     "ScopeSql",
     "SearchError",
+    "FoundRecording",
     "SearchPage",
-    "detail_view",
-    "fetch_recording",
     "find_by_reference",
+    "find_recording",
     "like_substring",
     "recording_state",
-    "recording_view",
-    "rfc3339",
     "search_recordings",
     "search_sql",
     "visible_recording_ids",
@@ -312,143 +310,28 @@ def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list
     return sql, st.params
 
 
-# ------------------------------------------------------------------------------------- views
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def _participant_view(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": p["participant_id"],
-        "aor": p["aor"],
-        "name": p["name"],
-        "number": p["number"],
-        "present": p["present"],
-        "joined_at": rfc3339(p["joined_at"]),
-        "left_at": rfc3339(p["left_at"]),
-    }
-
-
-def _channel_view(c: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "index": c.get("index"),
-        "label": c.get("label"),
-        "m_index": c.get("m_index"),
-        "participant_ids": list(c.get("participant_ids") or ()),
-        "reason": c.get("reason"),
-    }
-
-
-def _stream_view(s: Mapping[str, Any], *, full_stats: bool) -> dict[str, Any]:
-    stats: Mapping[str, Any] = s["stats"] or {}
-    view = {
-        "label": s["label"],
-        "m_index": s["m_index"],
-        "kind": s["kind"],
-        "accepted": s["accepted"],
-        "channel": s["channel"],
-        "codec": s["codec"],
-        "srtp": s["srtp_suite"],
-        "packets_received": stats.get("packets_received"),
-        "packets_lost": stats.get("packets_lost"),
-    }
-    if full_stats:
-        view["stats"] = dict(stats)
-    return view
-
-
-def _pause_view(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "start_s": _seconds(p.get("start_ms")),
-        "end_s": _seconds(p.get("end_ms")),
-        "source": p.get("source"),
-    }
-
-
-def recording_view(
-    row: Mapping[str, Any],
-    participants: Sequence[Mapping[str, Any]],
-    streams: Sequence[Mapping[str, Any]],
-    *,
-    full_stats: bool = False,
-) -> dict[str, Any]:
-    """A RECORDING as INTERFACES.md defines it (plus a few fields)."""
-    return {
-        "id": str(row["id"]),
-        "call_id": row["call_id"],
-        "session_id": row["session_id"],
-        "sip_session_id": row["sip_session_id"],
-        "state": row["state"],
-        "started_at": rfc3339(row["started_at"]),
-        "answered_at": rfc3339(row["answered_at"]),
-        "ended_at": rfc3339(row["ended_at"]),
-        "end_reason": row["end_reason"],
-        "duration_s": _seconds(row["duration_ms"]),
-        "participants": [_participant_view(p) for p in participants],
-        "channels": [_channel_view(c) for c in row["channels"] or ()],
-        "streams": [_stream_view(s, full_stats=full_stats) for s in streams],
-        "pauses": [_pause_view(p) for p in row["pauses"] or ()],
-        "dtmf_events": row["dtmf_events"],
-        "erased_at": rfc3339(row["erased_at"]),
-        "erased_by": row["erased_by"],
-        "erasure_reason": row["erasure_reason"],
-    }
-
-
-def _hex(value: bytes | None) -> str | None:
-    return None if value is None else bytes(value).hex()
-
-
-def detail_view(
-    row: Mapping[str, Any],
-    participants: Sequence[Mapping[str, Any]],
-    streams: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    """One recording in full: the RECORDING fields plus sizes, hashes, every stream counter and
-    the signature state (not verified; the API verifies on request)."""
-    view = recording_view(row, participants, streams, full_stats=True)
-    signed = row["signature"] is not None and row["summary"] is not None
-    view.update(
-        {
-            "transport": row["transport"],
-            "node_id": row["node_id"],
-            "sample_rate": row["sample_rate"],
-            "recovered": row["recovered"],
-            "has_audio": row["file_path"] is not None,
-            "sizes": {
-                "plaintext_bytes": row["plaintext_bytes"],
-                "ciphertext_bytes": row["ciphertext_bytes"],
-            },
-            "hashes": {
-                "plaintext_sha256": _hex(row["plaintext_sha256"]),
-                "ciphertext_sha256": _hex(row["ciphertext_sha256"]),
-            },
-            "signature": {
-                "state": "signed" if signed else "unsigned",
-                "key_id": row["signing_key_id"] if signed else None,
-                "verified": None,
-                "problems": [],
-            },
-            "metadata_events": row["metadata_events"],
-        }
-    )
-    return view
-
-
 # ------------------------------------------------------------------------------------- reads
 
 
 @dataclass(frozen=True, slots=True)
+class FoundRecording:
+    """One recording as a search reads it: its row (_RECORDING_COLUMNS; find_recording adds the
+    file, hash and signature columns and a metadata_events count), its participants by
+    participant_id and its streams by m_index."""
+
+    row: Mapping[str, Any]
+    participants: Sequence[Mapping[str, Any]]
+    streams: Sequence[Mapping[str, Any]]
+
+    @property
+    def id(self) -> UUID:
+        recording_id: UUID = self.row["id"]
+        return recording_id
+
+
+@dataclass(frozen=True, slots=True)
 class SearchPage:
-    items: list[dict[str, Any]]
+    items: list[FoundRecording]
     next_cursor: str | None
 
 
@@ -484,7 +367,7 @@ async def search_recordings(
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     participants, streams = await _children(db, [r["id"] for r in rows])
-    items = [recording_view(r, participants[r["id"]], streams[r["id"]]) for r in rows]
+    items = [FoundRecording(r, participants[r["id"]], streams[r["id"]]) for r in rows]
     next_cursor = Cursor(rows[-1]["started_at"], rows[-1]["id"]).encode() if more else None
     return SearchPage(items, next_cursor)
 
@@ -504,11 +387,11 @@ async def visible_recording_ids(
     return {row["id"] for row in rows}
 
 
-async def fetch_recording(
+async def find_recording(
     db: Executor, recording_id: UUID, scope: ScopeSql | None
-) -> dict[str, Any] | None:
-    """One recording's detail view, or None when it does not exist or is out of scope (the two
-    must look the same to the caller)."""
+) -> FoundRecording | None:
+    """One recording with everything its detail shows, or None when it does not exist or is out
+    of scope (the two must look the same to the caller)."""
     st = Statement()
     where = [f"r.id = {st.param(recording_id)}"]
     scoped = _scope_condition(scope, st, "sp")
@@ -526,7 +409,7 @@ async def fetch_recording(
     if row is None:
         return None
     participants, streams = await _children(db, [recording_id])
-    return detail_view(row, participants[recording_id], streams[recording_id])
+    return FoundRecording(row, participants[recording_id], streams[recording_id])
 
 
 async def recording_state(
