@@ -191,6 +191,12 @@ def _scope_condition(scope: ScopeSql | None, statement: Statement, alias: str) -
     return f"r.id IN (SELECT {alias}.recording_id FROM participants {alias} WHERE {predicate})"
 
 
+def _within_scope(condition: str, scope: ScopeSql | None, statement: Statement) -> str:
+    """`condition` on recordings r (its parameters already bound) ANDed with the scope's."""
+    scoped = _scope_condition(scope, statement, "sp")
+    return condition if scoped is None else f"{condition} AND {scoped}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Window:
     """The time filters and the cursor of a query as parameters, to be applied to any
@@ -378,12 +384,8 @@ async def visible_recording_ids(
     """Which of these recordings exist within `scope`."""
     st = Statement()
     ids = st.param(list(recording_ids))
-    where = [f"r.id = ANY({ids}::uuid[])"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
-    rows = await db.fetch(f"SELECT r.id FROM recordings r WHERE {' AND '.join(where)}",
-                          *st.params)
+    where = _within_scope(f"r.id = ANY({ids}::uuid[])", scope, st)
+    rows = await db.fetch(f"SELECT r.id FROM recordings r WHERE {where}", *st.params)
     return {row["id"] for row in rows}
 
 
@@ -393,17 +395,14 @@ async def find_recording(
     """One recording with everything its detail shows, or None when it does not exist or is out
     of scope (the two must look the same to the caller)."""
     st = Statement()
-    where = [f"r.id = {st.param(recording_id)}"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+    where = _within_scope(f"r.id = {st.param(recording_id)}", scope, st)
     row = await db.fetchrow(
         f"""SELECT {_RECORDING_COLUMNS}, r.transport, r.node_id, r.sample_rate, r.recovered,
                    r.file_path, r.plaintext_bytes, r.ciphertext_bytes, r.plaintext_sha256,
                    r.ciphertext_sha256, r.summary, r.signature, r.signing_key_id,
                    (SELECT count(*) FROM metadata_events m WHERE m.recording_id = r.id)
                        AS metadata_events
-            FROM recordings r WHERE {' AND '.join(where)}""",
+            FROM recordings r WHERE {where}""",
         *st.params,
     )
     if row is None:
@@ -418,14 +417,11 @@ async def recording_state(
     """State, erasure stamp and audio facts of one recording within `scope` (None when absent
     or out of scope)."""
     st = Statement()
-    where = [f"r.id = {st.param(recording_id)}"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+    where = _within_scope(f"r.id = {st.param(recording_id)}", scope, st)
     row = await db.fetchrow(
         f"""SELECT r.id, r.state, r.erased_at, r.file_path IS NOT NULL AS has_audio,
                    r.plaintext_bytes
-            FROM recordings r WHERE {' AND '.join(where)}""",
+            FROM recordings r WHERE {where}""",
         *st.params,
     )
     return None if row is None else dict(row)
@@ -445,14 +441,11 @@ async def find_by_reference(
         as_id = None
     if as_id is not None:
         terms.append(f"r.id = {st.param(as_id)}")
-    where = ["(" + " OR ".join(terms) + ")"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+    where = _within_scope("(" + " OR ".join(terms) + ")", scope, st)
     rows = await db.fetch(
         f"""SELECT r.id, r.state, r.call_id = {text} AS by_call_id,
                    r.session_id IS NOT DISTINCT FROM {text} AS by_session_id
-            FROM recordings r WHERE {' AND '.join(where)}
+            FROM recordings r WHERE {where}
             ORDER BY r.started_at DESC LIMIT {st.param(limit)}""",
         *st.params,
     )
