@@ -10,9 +10,11 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from siprec_server.access import AccessError
 from siprec_server.logs import get_logger
 from storage.database import reachable
 from storage.errors import StorageUnavailable, is_unavailable
+from storage.search import SearchError
 from storage.write_behind import WriteBehind
 
 log = get_logger("api")
@@ -125,8 +127,10 @@ def parse_timestamp(name: str, text: str) -> datetime:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error is JSON: bad text in the path or query is refused before any handler, and an
-    unexpected failure is logged (without the request's values) and answered 500."""
+    """Every error is JSON, and this is the one place that writes it: bad text in the path or
+    query is refused before any handler; handlers raise ApiInputError (or let AccessError and
+    SearchError through, both a 400); an unavailable database is a 503 with Retry-After, and
+    any other failure is logged (without the request's values) and answered 500."""
     if not all(storable_text(v) for v in request.match_info.values()):
         # No recording, user or call has such an id.
         return error(404, "not_found", "no such resource")
@@ -140,7 +144,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except ApiInputError as exc:
-        return error(exc.status, exc.code, str(exc))
+        response = error(exc.status, exc.code, str(exc))
+        response.headers.update(exc.headers)
+        return response
+    except (AccessError, SearchError) as exc:
+        # A value the access rules or the search refuse: the request's fault.
+        return error(400, "bad_request", str(exc))
     except Exception as exc:  # noqa: BLE001 - the client gets JSON, the log gets the kind
         if isinstance(exc, StorageUnavailable) or is_unavailable(exc):
             response = error(503, "database_unavailable",

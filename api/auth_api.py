@@ -21,23 +21,21 @@ tokens never appear in events or logs.
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from aiohttp import web
 
-from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
+from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
 from api.security import TOKEN_HASH, authenticate, principal_of, require
 from api.views import audit_event_view, rfc3339, user_view
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
     MAX_PASSWORD_LENGTH,
-    AccessError,
     LoginPolicy,
     PasswordHashing,
     Permission,
@@ -128,23 +126,6 @@ def setup_identity(
 
 # --- request helpers --------------------------------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _input_errors(handler: Handler) -> Handler:
-    """Bad input becomes a JSON 4xx, never a 500."""
-
-    @functools.wraps(handler)
-    async def answering(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiInputError as exc:
-            return error(exc.status, exc.code, str(exc))
-        except AccessError as exc:
-            return error(400, "bad_request", str(exc))
-
-    return answering
-
 
 def _user_id(request: web.Request) -> UUID:
     try:
@@ -164,14 +145,12 @@ def _source(request: web.Request) -> str:
 # --- login and logout -------------------------------------------------------------------------
 
 
-def _login_refused() -> web.Response:
+def _login_refused() -> ApiInputError:
     # One answer for unknown name, wrong password, locked and disabled accounts alike.
-    response = error(401, "invalid_credentials", "wrong username or password")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="siprec-server"'
-    return response
+    return ApiInputError("wrong username or password", status=401, code="invalid_credentials",
+                         headers={"WWW-Authenticate": 'Bearer realm="siprec-server"'})
 
 
-@_input_errors
 async def login(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request, frozenset({"username", "password"}))
     username, password = body.get("username"), body.get("password")
@@ -192,10 +171,9 @@ async def login(request: web.Request) -> web.StreamResponse:
             details={"reason": "source_blocked"},
         ))
         retry = max(1, int((blocked_until - now).total_seconds()) + 1)
-        response = error(429, "too_many_attempts",
-                         "too many failed logins from this address; try again later")
-        response.headers["Retry-After"] = str(retry)
-        return response
+        raise ApiInputError("too many failed logins from this address; try again later",
+                            status=429, code="too_many_attempts",
+                            headers={"Retry-After": str(retry)})
 
     user = await users.find_user_by_name(db, username)
     # Always hash, whatever the outcome will be: the time taken must not tell them apart.
@@ -216,7 +194,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         if await users.record_login_success(db, user.id, now, new_hash):
             return await _login_succeeded(request, identity, user, new_hash, source, now)
         reason = "locked"
-    return await _login_failed(request, policy, user, reason, source, now)
+    await _login_failed(request, policy, user, reason, source, now)
 
 
 async def _login_succeeded(
@@ -257,7 +235,8 @@ async def _login_failed(
     reason: str,
     source: str,
     now: datetime,
-) -> web.StreamResponse:
+) -> NoReturn:
+    """Count and audit the failure, wait the policy's delay, and refuse."""
     db = request.app[DB_KEY]
     failure = None
     failures = 0
@@ -295,10 +274,9 @@ async def _login_failed(
                      "failures": from_source.failures},
         ))
     await asyncio.sleep(policy.failure_delay(max(failures, from_source.failures)))
-    return _login_refused()
+    raise _login_refused()
 
 
-@_input_errors
 async def logout(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     digest = request[TOKEN_HASH]
@@ -315,7 +293,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.list")
-@_input_errors
 async def list_users(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
     accounts = await users.list_users(request.app[DB_KEY])
@@ -324,7 +301,6 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.create")
-@_input_errors
 async def create_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     body = await read_json_object(request, frozenset({"username", "role", "password", "scopes"}))
@@ -354,7 +330,6 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@_input_errors
 async def show_me(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     user = await users.find_user(request.app[DB_KEY], principal.user_id)
@@ -364,7 +339,6 @@ async def show_me(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.read")
-@_input_errors
 async def show_user(request: web.Request) -> web.StreamResponse:
     user = await users.find_user(request.app[DB_KEY], _user_id(request))
     if user is None:
@@ -376,7 +350,6 @@ _PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
 
 
 @require(Permission.USERS_MANAGE, action="users.update")
-@_input_errors
 async def update_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     user_id = _user_id(request)
@@ -403,7 +376,6 @@ async def update_user(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.disable")
-@_input_errors
 async def disable_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     return await _change_user(
@@ -515,7 +487,6 @@ def _audit_query(query: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
 
 
 @require(Permission.AUDIT_READ, action="audit.read")
-@_input_errors
 async def list_audit(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     query, given = _audit_query(request.query)

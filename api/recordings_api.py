@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import io
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -32,7 +32,7 @@ from uuid import UUID
 from aiohttp import web
 from multidict import MultiMapping
 
-from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
+from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
 from api.metrics import setup_metrics
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
@@ -80,23 +80,6 @@ MIN_NAME_LENGTH = 3  # shorter substrings cannot use the trigram index and match
 CSV_BATCH = 500
 _SEARCH_PARAMS = frozenset({"participant", "number", "aor", "name", "call_id", "session_id",
                             "state", "from", "to", "limit", "cursor", "format"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _answers_errors(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def answering(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiInputError as exc:
-            response = error(exc.status, exc.code, str(exc))
-            response.headers.update(exc.headers)
-            return response
-        except search.SearchError as exc:
-            return error(400, "bad_request", str(exc))
-
-    return answering
 
 
 def _not_found() -> ApiInputError:
@@ -209,7 +192,6 @@ def _wants_csv(request: web.Request) -> bool:
     return "text/csv" in accept and "json" not in accept
 
 
-@_answers_errors
 async def list_recordings(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     as_csv = _wants_csv(request)
@@ -217,7 +199,8 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
     action = "recording.export" if as_csv else "recording.search"
     if not principal.can(needed):
         await audit_denied(request, principal, action, needed)
-        return error(403, "forbidden", f"this needs the {needed.value} permission")
+        raise ApiInputError(f"this needs the {needed.value} permission", status=403,
+                            code="forbidden")
     query = search_query(request.query)
     if as_csv:
         return await _export_csv(request, principal, query)
@@ -320,7 +303,6 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 @require(Permission.SEARCH, action="recording.view")
-@_answers_errors
 async def show_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -398,7 +380,6 @@ async def _next_piece(pieces: Iterator[bytes]) -> bytes | None:
 
 
 @require(Permission.PLAY, action="recording.play")
-@_answers_errors
 async def play_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -481,7 +462,6 @@ async def play_recording(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.DELETE, action="recording.erase")
-@_answers_errors
 async def erase(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -549,13 +529,11 @@ async def _control(request: web.Request, action: str) -> web.StreamResponse:
 
 
 @require(Permission.PAUSE, action="recording.pause")
-@_answers_errors
 async def pause_call(request: web.Request) -> web.StreamResponse:
     return await _control(request, "pause")
 
 
 @require(Permission.PAUSE, action="recording.resume")
-@_answers_errors
 async def resume_call(request: web.Request) -> web.StreamResponse:
     return await _control(request, "resume")
 
