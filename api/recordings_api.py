@@ -43,7 +43,7 @@ from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata import normalize_aor
 from storage import search
 from storage.audit import AuditEvent, record_audit
-from storage.erasure import MAX_REASON_LENGTH, RecordingActive, RecordingNotFound, erase_recording
+from storage.erasure import MAX_REASON_LENGTH, NoRecordingToErase, RecordingActive, erase_recording
 from storage.keys import KeyRing, KeyStoreError
 from storage.playback import RecordingUnreadable, open_recording
 from storage.recording_file import RecordingFileError
@@ -478,7 +478,7 @@ async def erase(request: web.Request) -> web.StreamResponse:
         erasure = await erase_recording(db, recording_id, actor=str(principal.user_id),
                                         reason=reason, now=datetime.now(UTC),
                                         source=_source(request))
-    except RecordingNotFound:
+    except NoRecordingToErase:
         raise _not_found() from None
     except RecordingActive:
         raise ApiInputError("the call is still being recorded; erase it once it has ended",

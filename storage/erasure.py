@@ -34,8 +34,8 @@ from storage.audit import AuditEvent, record_audit
 __all__ = [
     "Erasure",
     "ErasureError",
+    "NoRecordingToErase",
     "RecordingActive",
-    "RecordingNotFound",
     "Tombstone",
     "erase_recording",
     "unfinished_erasures",
@@ -48,8 +48,8 @@ class ErasureError(Exception):
     """A recording that cannot be erased (see the subclasses)."""
 
 
-class RecordingNotFound(ErasureError):
-    pass
+class NoRecordingToErase(ErasureError):
+    """No recording has this id."""
 
 
 class RecordingActive(ErasureError):
@@ -92,7 +92,7 @@ async def erase_recording(
 ) -> Erasure:
     """Erase one recording (see the module docstring); harmless on an erased one.
 
-    RecordingNotFound, RecordingActive (state offered/recording); ValueError for an empty or
+    NoRecordingToErase, RecordingActive (state offered/recording); ValueError for an empty or
     over-long reason."""
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
@@ -106,7 +106,7 @@ async def erase_recording(
                 recording_id,
             )
             if row is None:
-                raise RecordingNotFound(str(recording_id))
+                raise NoRecordingToErase(str(recording_id))
             if row["state"] == "erased":
                 await record_audit(conn, _event(actor, recording_id, source, reason,
                                                 already_erased=True), now)

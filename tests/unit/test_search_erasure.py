@@ -16,8 +16,8 @@ import pytest
 from storage import recordings
 from storage.audit import verify_audit_chain
 from storage.erasure import (
+    NoRecordingToErase,
     RecordingActive,
-    RecordingNotFound,
     erase_recording,
     unfinished_erasures,
 )
@@ -174,7 +174,7 @@ async def test_an_active_recording_cannot_be_erased(
 async def test_unknown_recordings_and_missing_reasons_are_refused(
     db_pool: asyncpg.Pool, ring: KeyRing, tmp_path: Path
 ) -> None:
-    with pytest.raises(RecordingNotFound):
+    with pytest.raises(NoRecordingToErase):
         await erase_recording(db_pool, uuid.uuid4(), actor="u", reason="r", now=NOW)
     rid, _ = await recorded_call(db_pool, ring, tmp_path)
     for reason in ("", "   ", "x" * 501):
