@@ -20,7 +20,6 @@ from storage.write_behind import WriteBehind
 log = get_logger("api")
 
 DB_KEY = web.AppKey("db", asyncpg.Pool)
-RECORDER_KEY = web.AppKey("recorder", object)
 WRITES_KEY = web.AppKey("writes", object)
 DATABASE_RETRY_AFTER_S = 5
 
@@ -161,11 +160,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(500, "internal_error", "the request could not be completed")
 
 
-def create_api(*, db: asyncpg.Pool, recorder: object,
-               writes: object | None = None) -> web.Application:
+def create_api(*, db: asyncpg.Pool, writes: object | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
     app[DB_KEY] = db
-    app[RECORDER_KEY] = recorder
     app[WRITES_KEY] = writes
     app.router.add_get("/healthz", healthz)
     return app

@@ -33,7 +33,6 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
-from api.metrics import setup_metrics
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
 from api.views import detail_view, recording_view, tombstone_view
@@ -542,9 +541,9 @@ async def resume_call(request: web.Request) -> web.StreamResponse:
 
 
 def setup_recordings(app: web.Application) -> None:
-    """Add the recordings and call-control routes, /metrics (with its request observer) and
-    the OpenAPI document to an app from create_api() (after setup_identity). Set MEDIA_KEY and
-    KEYS_KEY on the app for pause/resume, playback and verification."""
+    """Add the recordings and call-control routes and the OpenAPI document to an app from
+    create_api() (after setup_identity). Set MEDIA_KEY and KEYS_KEY on the app for pause/resume,
+    playback and verification; /metrics is api.metrics.setup_metrics."""
     router = app.router
     router.add_get("/api/v1/recordings", list_recordings, allow_head=False)
     router.add_get("/api/v1/recordings/{id}", show_recording, allow_head=False)
@@ -552,5 +551,4 @@ def setup_recordings(app: web.Application) -> None:
     router.add_delete("/api/v1/recordings/{id}", erase)
     router.add_post("/api/v1/calls/{ref}/pause", pause_call)
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
-    setup_metrics(app, media=lambda: app.get(MEDIA_KEY))
     setup_openapi(app)

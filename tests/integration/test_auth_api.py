@@ -90,7 +90,7 @@ async def make_api(db_pool: asyncpg.Pool) -> AsyncIterator[ApiFactory]:
     clients: list[Client] = []
 
     async def make(policy: LoginPolicy = NO_DELAY, token_ttl_s: int = 28800) -> Api:
-        app = create_api(db=db_pool, recorder=None)
+        app = create_api(db=db_pool)
         setup_identity(app, token_ttl_s=token_ttl_s, policy=policy, password_hashing=CHEAP)
         client: Client = TestClient(TestServer(app))
         await client.start_server()
