@@ -19,6 +19,7 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.database import transaction
 from storage.sql import Statement, like_escape
 
 GENESIS = bytes(32)
@@ -81,7 +82,7 @@ async def record_audit(
         details=json.loads(_storable(json.dumps(dict(event.details or {}), ensure_ascii=False)) or "{}"),
     )
     details = json.dumps(dict(event.details or {}), sort_keys=True)
-    async with _connection(db) as conn, conn.transaction():
+    async with transaction(db) as conn:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         if event_id is not None:
             known = await conn.fetchval("SELECT seq FROM audit_events WHERE event_id = $1",
@@ -208,7 +209,7 @@ class ChainReport:
 async def verify_audit_chain(db: asyncpg.Pool | asyncpg.Connection) -> ChainReport:
     prev = GENESIS
     count = 0
-    async with _connection(db) as conn, conn.transaction():
+    async with transaction(db) as conn:
         async for row in conn.cursor("SELECT * FROM audit_events ORDER BY seq"):
             count += 1
             details = row["details"]
@@ -223,21 +224,3 @@ async def verify_audit_chain(db: asyncpg.Pool | asyncpg.Connection) -> ChainRepo
                 return ChainReport(count, row["seq"], "the event was changed")
             prev = expected
     return ChainReport(count, None, None)
-
-
-class _connection:
-    """Use a pool's connection or a given connection alike."""
-
-    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
-        self._db = db
-        self._conn: Any = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        if isinstance(self._db, asyncpg.Pool):
-            self._conn = await self._db.acquire()
-            return self._conn
-        return self._db
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            await self._db.release(self._conn)
