@@ -10,14 +10,16 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from siprec_server.access import AccessError
 from siprec_server.logs import get_logger
+from storage.database import reachable
 from storage.errors import StorageUnavailable, is_unavailable
+from storage.search import SearchError
 from storage.write_behind import WriteBehind
 
 log = get_logger("api")
 
 DB_KEY = web.AppKey("db", asyncpg.Pool)
-RECORDER_KEY = web.AppKey("recorder", object)
 WRITES_KEY = web.AppKey("writes", object)
 DATABASE_RETRY_AFTER_S = 5
 
@@ -68,12 +70,7 @@ async def read_json_object(
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: 200 when the database answers and no write waits for it; 503
     and "degraded" otherwise (recording goes on; new calls are refused until it is back)."""
-    db = request.app[DB_KEY]
-    try:
-        await db.fetchval("SELECT 1", timeout=2)
-        database = "ok"
-    except Exception:  # noqa: BLE001 - any failure means the database is not usable
-        database = "unreachable"
+    database = "ok" if await reachable(request.app[DB_KEY]) else "unreachable"
     body: dict[str, Any] = {"database": database}
     writes = request.app.get(WRITES_KEY)
     waiting = 0
@@ -129,8 +126,10 @@ def parse_timestamp(name: str, text: str) -> datetime:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error is JSON: bad text in the path or query is refused before any handler, and an
-    unexpected failure is logged (without the request's values) and answered 500."""
+    """Every error is JSON, and this is the one place that writes it: bad text in the path or
+    query is refused before any handler; handlers raise ApiInputError (or let AccessError and
+    SearchError through, both a 400); an unavailable database is a 503 with Retry-After, and
+    any other failure is logged (without the request's values) and answered 500."""
     if not all(storable_text(v) for v in request.match_info.values()):
         # No recording, user or call has such an id.
         return error(404, "not_found", "no such resource")
@@ -144,7 +143,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except ApiInputError as exc:
-        return error(exc.status, exc.code, str(exc))
+        response = error(exc.status, exc.code, str(exc))
+        response.headers.update(exc.headers)
+        return response
+    except (AccessError, SearchError) as exc:
+        # A value the access rules or the search refuse: the request's fault.
+        return error(400, "bad_request", str(exc))
     except Exception as exc:  # noqa: BLE001 - the client gets JSON, the log gets the kind
         if isinstance(exc, StorageUnavailable) or is_unavailable(exc):
             response = error(503, "database_unavailable",
@@ -156,11 +160,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(500, "internal_error", "the request could not be completed")
 
 
-def create_api(*, db: asyncpg.Pool, recorder: object,
-               writes: object | None = None) -> web.Application:
+def create_api(*, db: asyncpg.Pool, writes: object | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
     app[DB_KEY] = db
-    app[RECORDER_KEY] = recorder
     app[WRITES_KEY] = writes
     app.router.add_get("/healthz", healthz)
     return app

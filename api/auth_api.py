@@ -1,6 +1,6 @@
 """Identity endpoints of the control API: login and logout (bearer tokens), user administration,
-and the audit trail reader; plus the bootstrap administrator and account creation shared with
-the command line.
+and the audit trail reader. Accounts are created by siprec_server.services.accounts, which the
+command line shares.
 
     POST   /api/v1/auth/token      {"username","password"} -> {"token","expires_at",...}
     DELETE /api/v1/auth/token      revoke the caller's token
@@ -21,47 +21,39 @@ tokens never appear in events or logs.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 
-from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
+from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
 from api.security import TOKEN_HASH, authenticate, principal_of, require
+from api.views import audit_event_view, rfc3339, user_view
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
     MAX_PASSWORD_LENGTH,
-    ROLES,
-    AccessError,
     LoginPolicy,
     PasswordHashing,
     Permission,
     Principal,
-    Role,
-    generate_password,
     new_api_token,
     token_digest,
     validate_password,
     validate_role,
     validate_scopes,
-    validate_username,
 )
 from siprec_server.logs import get_logger
+from siprec_server.services.accounts import create_account
 from storage import users
-from storage.audit import AuditEvent, record_audit
+from storage.audit import AuditEvent, AuditQuery, read_audit, record_audit
 
 __all__ = [
     "IDENTITY_KEY",
     "Identity",
-    "create_account",
-    "ensure_bootstrap_admin",
     "setup_identity",
 ]
 
@@ -132,136 +124,7 @@ def setup_identity(
     router.add_get("/api/v1/audit", list_audit)
 
 
-# --- accounts shared with the CLI and start-up --------------------------------------------------
-
-
-async def create_account(
-    db: asyncpg.Pool,
-    *,
-    actor: str,
-    username: object,
-    role: object,
-    scopes: object = (),
-    password: object = None,
-    source: str | None = None,
-    hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
-    only_if_none_exist: bool = False,
-) -> tuple[users.User | None, str | None]:
-    """Validate, hash and store a new account and audit it (users.create) in one transaction.
-    Returns (user, generated password or None); user is None only when only_if_none_exist found
-    accounts. AccessError for bad values, users.UsernameTakenError for a taken name."""
-    name = validate_username(username)
-    known_role = validate_role(role)
-    patterns = validate_scopes(scopes)
-    generated = None
-    if password is None:
-        generated = password = generate_password()
-    clear = validate_password(password)
-    password_hash = await asyncio.get_running_loop().run_in_executor(None, hashing.hash, clear)
-    async with db.acquire() as conn, conn.transaction():
-        user = await users.create_user(
-            conn,
-            username=name,
-            role=known_role.value,
-            password_hash=password_hash,
-            scopes=patterns,
-            now=datetime.now(UTC),
-            only_if_none_exist=only_if_none_exist,
-        )
-        if user is None:
-            return None, None
-        await record_audit(
-            conn,
-            AuditEvent(
-                actor=actor,
-                action="users.create",
-                target=str(user.id),
-                source=source,
-                details={
-                    "username": user.username,
-                    "role": user.role,
-                    "scopes": list(user.scopes),
-                    "password": "generated" if generated else "given",
-                    "bootstrap": only_if_none_exist,
-                },
-            ),
-        )
-    return user, generated
-
-
-async def ensure_bootstrap_admin(
-    db: asyncpg.Pool,
-    username: str,
-    password: str | None,
-    *,
-    hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
-) -> str | None:
-    """On a database without users, create the administrator `username` with `password`
-    (from $SIPREC_BOOTSTRAP_PASSWORD) or a generated one. Returns the generated password (to be
-    shown once, never logged), else None. AccessError for an unacceptable name or password."""
-    if await users.has_users(db):
-        return None
-    user, generated = await create_account(
-        db,
-        actor="system",
-        username=username,
-        role=Role.ADMIN.value,
-        password=password or None,
-        source="bootstrap",
-        hashing=hashing,
-        only_if_none_exist=True,
-    )
-    if user is not None:
-        log.warning("bootstrap_admin_created", user_id=str(user.id))
-    return generated
-
-
 # --- request helpers --------------------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _input_errors(handler: Handler) -> Handler:
-    """Bad input becomes a JSON 4xx, never a 500."""
-
-    @functools.wraps(handler)
-    async def answering(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiInputError as exc:
-            return error(exc.status, exc.code, str(exc))
-        except AccessError as exc:
-            return error(400, "bad_request", str(exc))
-
-    return answering
-
-
-def _rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _user_json(user: users.User, now: datetime) -> dict[str, Any]:
-    try:
-        permissions = sorted(ROLES[Role(user.role)])
-    except ValueError:
-        permissions = []
-    return {
-        "id": str(user.id),
-        "username": user.username,
-        "role": user.role,
-        "permissions": permissions,
-        "scopes": list(user.scopes),
-        "disabled": user.disabled,
-        "locked": user.locked_until is not None and user.locked_until > now,
-        "locked_until": _rfc3339(user.locked_until),
-        "failed_logins": user.failed_logins,
-        "created_at": _rfc3339(user.created_at),
-        "updated_at": _rfc3339(user.updated_at),
-        "password_changed_at": _rfc3339(user.password_changed_at),
-        "last_login_at": _rfc3339(user.last_login_at),
-    }
 
 
 def _user_id(request: web.Request) -> UUID:
@@ -282,14 +145,12 @@ def _source(request: web.Request) -> str:
 # --- login and logout -------------------------------------------------------------------------
 
 
-def _login_refused() -> web.Response:
+def _login_refused() -> ApiInputError:
     # One answer for unknown name, wrong password, locked and disabled accounts alike.
-    response = error(401, "invalid_credentials", "wrong username or password")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="siprec-server"'
-    return response
+    return ApiInputError("wrong username or password", status=401, code="invalid_credentials",
+                         headers={"WWW-Authenticate": 'Bearer realm="siprec-server"'})
 
 
-@_input_errors
 async def login(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request, frozenset({"username", "password"}))
     username, password = body.get("username"), body.get("password")
@@ -310,10 +171,9 @@ async def login(request: web.Request) -> web.StreamResponse:
             details={"reason": "source_blocked"},
         ))
         retry = max(1, int((blocked_until - now).total_seconds()) + 1)
-        response = error(429, "too_many_attempts",
-                         "too many failed logins from this address; try again later")
-        response.headers["Retry-After"] = str(retry)
-        return response
+        raise ApiInputError("too many failed logins from this address; try again later",
+                            status=429, code="too_many_attempts",
+                            headers={"Retry-After": str(retry)})
 
     user = await users.find_user_by_name(db, username)
     # Always hash, whatever the outcome will be: the time taken must not tell them apart.
@@ -334,7 +194,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         if await users.record_login_success(db, user.id, now, new_hash):
             return await _login_succeeded(request, identity, user, new_hash, source, now)
         reason = "locked"
-    return await _login_failed(request, policy, user, reason, source, now)
+    await _login_failed(request, policy, user, reason, source, now)
 
 
 async def _login_succeeded(
@@ -353,14 +213,14 @@ async def _login_succeeded(
     await _audit(request, AuditEvent(
         actor=str(user.id), action="auth.login", target=str(user.id), source=source,
         details={"token_id": issued.token_hash[:8].hex(),
-                 "expires_at": _rfc3339(issued.expires_at),
+                 "expires_at": rfc3339(issued.expires_at),
                  "rehashed": new_hash is not None},
     ))
     principal = Principal.of(user.id, user.username, user.role, user.scopes)
     response = web.json_response({
         "token": token,
         "token_type": "Bearer",
-        "expires_at": _rfc3339(issued.expires_at),
+        "expires_at": rfc3339(issued.expires_at),
         "user": {"id": str(user.id), "username": user.username, "role": user.role,
                  "permissions": sorted(principal.permissions), "scopes": list(user.scopes)},
     })
@@ -375,7 +235,8 @@ async def _login_failed(
     reason: str,
     source: str,
     now: datetime,
-) -> web.StreamResponse:
+) -> NoReturn:
+    """Count and audit the failure, wait the policy's delay, and refuse."""
     db = request.app[DB_KEY]
     failure = None
     failures = 0
@@ -403,20 +264,19 @@ async def _login_failed(
         log.warning("account_locked", user_id=str(user.id))
         await _audit(request, AuditEvent(
             actor="system", action="auth.account_locked", target=str(user.id), source=source,
-            details={"until": _rfc3339(failure.locked_until), "failures": failure.failures},
+            details={"until": rfc3339(failure.locked_until), "failures": failure.failures},
         ))
     if from_source.blocked_until is not None and from_source.failures >= policy.source_max_failures:
         log.warning("login_source_blocked")
         await _audit(request, AuditEvent(
             actor="system", action="auth.source_blocked", source=source,
-            details={"until": _rfc3339(from_source.blocked_until),
+            details={"until": rfc3339(from_source.blocked_until),
                      "failures": from_source.failures},
         ))
     await asyncio.sleep(policy.failure_delay(max(failures, from_source.failures)))
-    return _login_refused()
+    raise _login_refused()
 
 
-@_input_errors
 async def logout(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     digest = request[TOKEN_HASH]
@@ -433,16 +293,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.list")
-@_input_errors
 async def list_users(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
     accounts = await users.list_users(request.app[DB_KEY])
-    return web.json_response({"items": [_user_json(u, now) for u in accounts],
+    return web.json_response({"items": [user_view(u, now) for u in accounts],
                               "next_cursor": None})
 
 
 @require(Permission.USERS_MANAGE, action="users.create")
-@_input_errors
 async def create_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     body = await read_json_object(request, frozenset({"username", "role", "password", "scopes"}))
@@ -463,7 +321,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     except users.UsernameTakenError:
         raise ApiInputError("that username is taken", status=409, code="username_taken") from None
     assert user is not None
-    result: dict[str, Any] = {"user": _user_json(user, datetime.now(UTC))}
+    result: dict[str, Any] = {"user": user_view(user, datetime.now(UTC))}
     if generated is not None:
         result["password"] = generated
     response = web.json_response(result, status=201)
@@ -472,29 +330,26 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@_input_errors
 async def show_me(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     user = await users.find_user(request.app[DB_KEY], principal.user_id)
     if user is None:
         raise ApiInputError("no such user", status=404, code="not_found")
-    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+    return web.json_response({"user": user_view(user, datetime.now(UTC))})
 
 
 @require(Permission.USERS_MANAGE, action="users.read")
-@_input_errors
 async def show_user(request: web.Request) -> web.StreamResponse:
     user = await users.find_user(request.app[DB_KEY], _user_id(request))
     if user is None:
         raise ApiInputError("no such user", status=404, code="not_found")
-    return web.json_response({"user": _user_json(user, datetime.now(UTC))})
+    return web.json_response({"user": user_view(user, datetime.now(UTC))})
 
 
 _PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
 
 
 @require(Permission.USERS_MANAGE, action="users.update")
-@_input_errors
 async def update_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     user_id = _user_id(request)
@@ -521,7 +376,6 @@ async def update_user(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.USERS_MANAGE, action="users.disable")
-@_input_errors
 async def disable_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     return await _change_user(
@@ -567,7 +421,7 @@ async def _change_user(
                 actor=str(principal.user_id), action="auth.token_revoked", target=str(user_id),
                 source=source, details={"reason": revoke_reason, "count": count},
             ))
-    return web.json_response({"user": _user_json(after, now)})
+    return web.json_response({"user": user_view(after, now)})
 
 
 def _describe_changes(
@@ -593,8 +447,8 @@ _AUDIT_FILTERS = ("actor", "action", "target", "outcome")
 _AUDIT_PARAMS = frozenset({*_AUDIT_FILTERS, "from", "to", "limit", "cursor", "order"})
 
 
-def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[str, str]]:
-    """SQL, parameters, page size and the filters as given, from the query string."""
+def _audit_query(query: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
+    """The page the query string asks for, and the filters as given (for the audit event)."""
     unknown = sorted(set(query) - _AUDIT_PARAMS)
     if unknown:
         raise ApiInputError(f"unknown parameters: {', '.join(unknown)[:200]}")
@@ -606,76 +460,39 @@ def _audit_query(query: Mapping[str, str]) -> tuple[str, list[Any], int, dict[st
         if len(values[0]) > 256:
             raise ApiInputError(f"{name}: too long")
         given[name] = values[0]
-    where: list[str] = []
-    params: list[Any] = []
-    for name in _AUDIT_FILTERS:
-        if name not in given:
-            continue
-        value = given[name]
-        if name == "action" and value.endswith("*"):
-            # "auth.*": every action under a prefix.
-            prefix = value[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params.append(prefix + "%")
-            where.append(f"action LIKE ${len(params)}")
-        else:
-            params.append(value)
-            where.append(f"{name} = ${len(params)}")
-    if "from" in given:
-        params.append(parse_timestamp("from", given["from"]))
-        where.append(f"at >= ${len(params)}")
-    if "to" in given:
-        params.append(parse_timestamp("to", given["to"]))
-        where.append(f"at < ${len(params)}")
+    action, action_prefix = given.get("action"), None
+    if action is not None and action.endswith("*"):
+        action_prefix = action[:-1]  # "auth.*": every action under a prefix
+        action = None
+    at_from = parse_timestamp("from", given["from"]) if "from" in given else None
+    at_to = parse_timestamp("to", given["to"]) if "to" in given else None
     order = given.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiInputError("order: asc or desc")
+    after_seq = None
     if "cursor" in given:
         cursor = given["cursor"]
         if not cursor.isdigit() or len(cursor) > 18:
             raise ApiInputError("cursor: not a cursor of this listing")
-        params.append(int(cursor))
-        where.append(f"seq {'<' if order == 'desc' else '>'} ${len(params)}")
+        after_seq = int(cursor)
     limit_text = given.get("limit", str(DEFAULT_AUDIT_PAGE))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT_PAGE:
         raise ApiInputError(f"limit: 1 to {MAX_AUDIT_PAGE}")
-    limit = int(limit_text)
-    params.append(limit + 1)  # one more tells whether there is a next page
-    sql = (
-        "SELECT seq, at, actor, action, target, source, outcome, details, prev_hash, hash "
-        "FROM audit_events"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY seq {order.upper()} LIMIT ${len(params)}"
+    page = AuditQuery(
+        actor=given.get("actor"), action=action, action_prefix=action_prefix,
+        target=given.get("target"), outcome=given.get("outcome"), at_from=at_from, at_to=at_to,
+        after_seq=after_seq, newest_first=order == "desc", limit=int(limit_text),
     )
-    return sql, params, limit, given
-
-
-def _audit_json(row: Any) -> dict[str, Any]:
-    details = row["details"]
-    if isinstance(details, str):
-        details = json.loads(details)
-    return {
-        "seq": row["seq"],
-        "at": _rfc3339(row["at"]),
-        "actor": row["actor"],
-        "action": row["action"],
-        "target": row["target"],
-        "source": row["source"],
-        "outcome": row["outcome"],
-        "details": details,
-        "prev_hash": bytes(row["prev_hash"]).hex(),
-        "hash": bytes(row["hash"]).hex(),
-    }
+    return page, given
 
 
 @require(Permission.AUDIT_READ, action="audit.read")
-@_input_errors
 async def list_audit(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    sql, params, limit, given = _audit_query(request.query)
-    db = request.app[DB_KEY]
-    rows = await db.fetch(sql, *params)
-    items = [_audit_json(row) for row in rows[:limit]]
-    next_cursor = str(items[-1]["seq"]) if len(rows) > limit else None
+    query, given = _audit_query(request.query)
+    page = await read_audit(request.app[DB_KEY], query)
+    items = [audit_event_view(event) for event in page.events]
+    next_cursor = str(page.events[-1].seq) if page.more else None
     # Reading the audit trail is itself audited (PCI DSS 10.2.1.3); after the query, so a
     # first page does not show its own read.
     await _audit(request, AuditEvent(

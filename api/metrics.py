@@ -1,7 +1,9 @@
 """GET /metrics: the server's counters in the Prometheus text exposition format (version 0.0.4),
 written by hand — the format is a few lines of text and needs no client library.
 
-What is exported and where it comes from:
+What is exported and where it comes from (the composition root, siprec_server/app.py, hands the
+sources over as MetricsSources and registers further counters dataclasses; this module
+discovers nothing):
 - calls: the recorder's live session count and its event counters; SIP message counters
   (parse errors among them) from the SIP agent; transport and media service error counters.
 - RTP: packets received and lost and SRTP failures of every call this process recorded, live
@@ -24,18 +26,23 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeAlias
 
 import asyncpg
 from aiohttp import web
 
-from api.app import DB_KEY, RECORDER_KEY
+from api.app import DB_KEY
+from storage import recordings
 
 __all__ = [
     "CONTENT_TYPE",
     "LATENCY_BUCKETS",
     "METRICS_KEY",
+    "CounterFields",
+    "Counters",
     "Metrics",
+    "MetricsSources",
+    "counter_values",
     "exposition",
     "setup_metrics",
 ]
@@ -108,6 +115,54 @@ class _Histogram:
                 self.buckets[i] += 1
 
 
+# ------------------------------------------------------------------------------ sources
+
+
+class CounterFields(Protocol):
+    """A counters dataclass: int fields, one per kind (RecorderCounters, MediaCounters, ...)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+Counters: TypeAlias = CounterFields | Mapping[str, int]
+"""A component's counters: its counters dataclass, or a plain name -> count mapping."""
+
+
+def counter_values(counters: Counters) -> dict[str, int]:
+    """The int counters of a counters dataclass or mapping, by name."""
+    if isinstance(counters, Mapping):
+        items = list(counters.items())
+    else:
+        items = [(f.name, getattr(counters, f.name)) for f in dataclasses.fields(counters)]
+    return {str(k): int(v) for k, v in items if isinstance(v, int)}
+
+
+def _no_counters() -> Counters:
+    return {}
+
+
+def _no_calls() -> int:
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSources:
+    """What /metrics reads at each scrape; the defaults export zeros (an API without SIP or
+    media, as in tests)."""
+
+    active_calls: Callable[[], int] = _no_calls
+    """Recording sessions in progress (offered or answered)."""
+    recorder: Callable[[], Counters] = _no_counters
+    """Recorder events: sessions started, rejected, ..."""
+    sip_messages: Callable[[], Counters] = _no_counters
+    """The SIP agent's message counters, parse_errors among them."""
+    sip_transport: Callable[[], Counters] = _no_counters
+    media_errors: Callable[[], Counters] = _no_counters
+    packets: Callable[[], Counters] = _no_counters
+    """Packet totals of every call recorded: packets_received, packets_lost,
+    srtp_auth_failures, srtp_replays, srtp_other_failures."""
+
+
 # ------------------------------------------------------------------------------ collector
 
 
@@ -115,19 +170,19 @@ class Metrics:
     """Request observations and cached database figures of one API application."""
 
     def __init__(
-        self, *, media: Callable[[], Any] = lambda: None, started: datetime | None = None
+        self, sources: MetricsSources | None = None, *, started: datetime | None = None
     ) -> None:
         self.started = started or datetime.now(UTC)
-        self._media_service = media
+        self._sources = sources or MetricsSources()
         self._requests: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
         self._states: dict[str, int] = {}
         self._states_at = -math.inf
         self._media_now: dict[str, int] = {}
         self._exported: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        self._components: list[tuple[str, str, object]] = []
+        self._components: list[tuple[str, str, Counters]] = []
 
-    def register(self, prefix: str, help_text: str, counters: object) -> None:
+    def register(self, prefix: str, help_text: str, counters: Counters) -> None:
         """Export a component's counters dataclass: one counter `<prefix>_<field>_total` per
         int field (e.g. the database supervisor's restarts, the write-behind's outages)."""
         self._components.append((prefix, help_text, counters))
@@ -138,15 +193,12 @@ class Metrics:
     async def refresh(self, db: asyncpg.Pool) -> None:
         """Live packet counters from the media service; the database's recordings by state
         re-read when the cached figures are older than STATE_CACHE_S."""
-        media = self._media_service()
-        if media is not None and hasattr(media, "packet_totals"):
-            self._media_now = media.packet_totals()
+        self._media_now = counter_values(self._sources.packets())
         async with self._lock:
             now = time.monotonic()
             if now - self._states_at < STATE_CACHE_S:
                 return
-            rows = await db.fetch("SELECT state, count(*) AS n FROM recordings GROUP BY state")
-            self._states = {row["state"]: row["n"] for row in rows}
+            self._states = await recordings.count_by_state(db)
             self._states_at = now
 
     def _counter(self, key: str, value: int) -> int:
@@ -156,7 +208,7 @@ class Metrics:
         self._exported[key] = value
         return value
 
-    def families(self, recorder: Any) -> list[_Family]:
+    def families(self) -> list[_Family]:
         out: list[_Family] = []
         up = _Family("siprec_process_start_time_seconds", "gauge",
                      "When this server process started (Unix time).")
@@ -165,9 +217,9 @@ class Metrics:
 
         active = _Family("siprec_active_calls", "gauge",
                          "Recording sessions in progress (offered or answered).")
-        active.add(float(getattr(recorder, "active_sessions", 0)))
+        active.add(float(self._sources.active_calls()))
         out.append(active)
-        out += _stats_families(recorder, self._media_service())
+        out += _counter_families(self._sources)
 
         rtp = [
             ("siprec_rtp_packets_received_total", "packets_received",
@@ -213,53 +265,34 @@ class Metrics:
             latency.add(histogram.count, "_count", **labels)
         out += [requests, latency]
         for prefix, help_text, counters in self._components:
-            for name, value in sorted(_numeric_stats_of(counters).items()):
+            for name, value in sorted(counter_values(counters).items()):
                 family = _Family(f"{prefix}_{name}_total", "counter", f"{help_text}: {name}.")
                 family.add(value)
                 out.append(family)
         return out
 
 
-def _numeric_stats_of(counters: object) -> dict[str, int]:
-    if dataclasses.is_dataclass(counters) and not isinstance(counters, type):
-        return {k: int(v) for k, v in dataclasses.asdict(counters).items()
-                if isinstance(v, int)}
-    return {}
-
-
-def _numeric_stats(owner: Any) -> dict[str, int]:
-    counters = _numeric_stats_of(getattr(owner, "counters", None))
-    if counters:
-        return counters
-    stats = getattr(owner, "stats", None)
-    if not isinstance(stats, Mapping):
-        return {}
-    return {str(k): int(v) for k, v in stats.items() if isinstance(v, int)}
-
-
-def _stats_families(recorder: Any, media: Any) -> list[_Family]:
-    """The plain counters the running components keep in their `stats` dicts."""
-    sip_endpoint = getattr(recorder, "sip", None)
-    agent = getattr(sip_endpoint, "agent", None)
-    sources = [
+def _counter_families(sources: MetricsSources) -> list[_Family]:
+    """The plain counters of the running components, one family each."""
+    sip_messages = counter_values(sources.sip_messages())
+    families = [
         ("siprec_recorder_events_total", "Recorder events (sessions started, rejected, ...).",
-         _numeric_stats(recorder)),
-        ("siprec_sip_messages_total", "SIP agent message counters by kind.",
-         _numeric_stats(agent)),
+         counter_values(sources.recorder())),
+        ("siprec_sip_messages_total", "SIP agent message counters by kind.", sip_messages),
         ("siprec_sip_transport_errors_total", "SIP transport failures by kind.",
-         _numeric_stats(sip_endpoint)),
+         counter_values(sources.sip_transport())),
         ("siprec_media_errors_total", "Media service failures by kind.",
-         _numeric_stats(media)),
+         counter_values(sources.media_errors())),
     ]
     out = []
-    for name, text, stats in sources:
+    for name, text, counts in families:
         family = _Family(name, "counter", text)
-        for kind, value in sorted(stats.items()):
+        for kind, value in sorted(counts.items()):
             family.add(value, kind=kind)
         out.append(family)
     parse = _Family("siprec_sip_parse_errors_total", "counter",
                     "SIP messages that could not be parsed.")
-    parse.add(_numeric_stats(agent).get("parse_errors", 0))
+    parse.add(sip_messages.get("parse_errors", 0))
     out.append(parse)
     return out
 
@@ -290,18 +323,18 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    recorder = request.app.get(RECORDER_KEY)
     # Without the database the in-process counters still say something, and the cache
     # keeps the last figures.
     with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
         await metrics.refresh(request.app[DB_KEY])
-    text = exposition(metrics.families(recorder))
+    text = exposition(metrics.families())
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
 
-def setup_metrics(app: web.Application, *, media: Callable[[], Any] = lambda: None) -> None:
-    """GET /metrics and the request observer (outermost, so it sees every answer). `media`
-    returns the media service whose counters to export, if any."""
-    app[METRICS_KEY] = Metrics(media=media)
+def setup_metrics(app: web.Application, sources: MetricsSources | None = None) -> Metrics:
+    """GET /metrics and the request observer (outermost, so it sees every answer), exporting
+    the counters `sources` reads (zeros without). Returns the collector, for `register`."""
+    metrics = app[METRICS_KEY] = Metrics(sources)
     app.middlewares.insert(0, observe_requests)
     app.router.add_get("/metrics", metrics_endpoint, allow_head=False)
+    return metrics

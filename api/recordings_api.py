@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import io
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -32,17 +32,17 @@ from uuid import UUID
 from aiohttp import web
 from multidict import MultiMapping
 
-from api.app import DB_KEY, ApiInputError, error, parse_timestamp, read_json_object
-from api.metrics import setup_metrics
+from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
+from api.views import detail_view, recording_view, tombstone_view
 from siprec_server.access import Permission, Principal, scope_filter
 from siprec_server.logs import get_logger
 from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata import normalize_aor
 from storage import search
 from storage.audit import AuditEvent, record_audit
-from storage.erasure import MAX_REASON_LENGTH, RecordingActive, RecordingNotFound, erase_recording
+from storage.erasure import MAX_REASON_LENGTH, NoRecordingToErase, RecordingActive, erase_recording
 from storage.keys import KeyRing, KeyStoreError
 from storage.playback import RecordingUnreadable, open_recording
 from storage.recording_file import RecordingFileError
@@ -79,23 +79,6 @@ MIN_NAME_LENGTH = 3  # shorter substrings cannot use the trigram index and match
 CSV_BATCH = 500
 _SEARCH_PARAMS = frozenset({"participant", "number", "aor", "name", "call_id", "session_id",
                             "state", "from", "to", "limit", "cursor", "format"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _answers_errors(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def answering(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiInputError as exc:
-            response = error(exc.status, exc.code, str(exc))
-            response.headers.update(exc.headers)
-            return response
-        except search.SearchError as exc:
-            return error(400, "bad_request", str(exc))
-
-    return answering
 
 
 def _not_found() -> ApiInputError:
@@ -208,7 +191,6 @@ def _wants_csv(request: web.Request) -> bool:
     return "text/csv" in accept and "json" not in accept
 
 
-@_answers_errors
 async def list_recordings(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     as_csv = _wants_csv(request)
@@ -216,14 +198,16 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
     action = "recording.export" if as_csv else "recording.search"
     if not principal.can(needed):
         await audit_denied(request, principal, action, needed)
-        return error(403, "forbidden", f"this needs the {needed.value} permission")
+        raise ApiInputError(f"this needs the {needed.value} permission", status=403,
+                            code="forbidden")
     query = search_query(request.query)
     if as_csv:
         return await _export_csv(request, principal, query)
     page = await search.search_recordings(request.app[DB_KEY], query, _scope(principal))
     await _audit(request, principal, "recording.search",
                  details={"filters": query.filter_kinds, "returned": len(page.items)})
-    return web.json_response({"items": page.items, "next_cursor": page.next_cursor})
+    return web.json_response({"items": [recording_view(found) for found in page.items],
+                              "next_cursor": page.next_cursor})
 
 
 CSV_COLUMNS = ("id", "call_id", "session_id", "state", "started_at", "ended_at", "duration_s",
@@ -291,7 +275,8 @@ async def _export_csv(request: web.Request, principal: Principal,
                 page = await search.search_recordings(request.app[DB_KEY], page_query,
                                                       _scope(principal))
             if page.items:
-                await response.write(_csv_text([_csv_row(item) for item in page.items]))
+                await response.write(_csv_text(
+                    [_csv_row(recording_view(found)) for found in page.items]))
             exported += len(page.items)
             if page.next_cursor is None or (cap is not None and exported >= cap):
                 break
@@ -317,7 +302,6 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 @require(Permission.SEARCH, action="recording.view")
-@_answers_errors
 async def show_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -326,9 +310,10 @@ async def show_recording(request: web.Request) -> web.StreamResponse:
         raise ApiInputError(f"unknown parameters: {', '.join(unknown)[:200]}")
     verify = _flag(request, "verify")
     db = request.app[DB_KEY]
-    view = await search.fetch_recording(db, recording_id, _scope(principal))
-    if view is None:
+    found = await search.find_recording(db, recording_id, _scope(principal))
+    if found is None:
         raise _not_found()
+    view = detail_view(found)
     details: dict[str, Any] = {"verify": verify}
     if verify:
         keys = request.app.get(KEYS_KEY)
@@ -394,7 +379,6 @@ async def _next_piece(pieces: Iterator[bytes]) -> bytes | None:
 
 
 @require(Permission.PLAY, action="recording.play")
-@_answers_errors
 async def play_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -477,7 +461,6 @@ async def play_recording(request: web.Request) -> web.StreamResponse:
 
 
 @require(Permission.DELETE, action="recording.erase")
-@_answers_errors
 async def erase(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     recording_id = _recording_id(request)
@@ -494,14 +477,14 @@ async def erase(request: web.Request) -> web.StreamResponse:
         erasure = await erase_recording(db, recording_id, actor=str(principal.user_id),
                                         reason=reason, now=datetime.now(UTC),
                                         source=_source(request))
-    except RecordingNotFound:
+    except NoRecordingToErase:
         raise _not_found() from None
     except RecordingActive:
         raise ApiInputError("the call is still being recorded; erase it once it has ended",
                             status=409, code="recording_active") from None
     log.info("recording_erased", recording_id=str(recording_id),
              already=erasure.already_erased)
-    return web.json_response({"recording": erasure.tombstone.as_dict(),
+    return web.json_response({"recording": tombstone_view(erasure.tombstone),
                               "already_erased": erasure.already_erased})
 
 
@@ -545,13 +528,11 @@ async def _control(request: web.Request, action: str) -> web.StreamResponse:
 
 
 @require(Permission.PAUSE, action="recording.pause")
-@_answers_errors
 async def pause_call(request: web.Request) -> web.StreamResponse:
     return await _control(request, "pause")
 
 
 @require(Permission.PAUSE, action="recording.resume")
-@_answers_errors
 async def resume_call(request: web.Request) -> web.StreamResponse:
     return await _control(request, "resume")
 
@@ -560,9 +541,9 @@ async def resume_call(request: web.Request) -> web.StreamResponse:
 
 
 def setup_recordings(app: web.Application) -> None:
-    """Add the recordings and call-control routes, /metrics (with its request observer) and
-    the OpenAPI document to an app from create_api() (after setup_identity). Set MEDIA_KEY and
-    KEYS_KEY on the app for pause/resume, playback and verification."""
+    """Add the recordings and call-control routes and the OpenAPI document to an app from
+    create_api() (after setup_identity). Set MEDIA_KEY and KEYS_KEY on the app for pause/resume,
+    playback and verification; /metrics is api.metrics.setup_metrics."""
     router = app.router
     router.add_get("/api/v1/recordings", list_recordings, allow_head=False)
     router.add_get("/api/v1/recordings/{id}", show_recording, allow_head=False)
@@ -570,5 +551,4 @@ def setup_recordings(app: web.Application) -> None:
     router.add_delete("/api/v1/recordings/{id}", erase)
     router.add_post("/api/v1/calls/{ref}/pause", pause_call)
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
-    setup_metrics(app, media=lambda: app.get(MEDIA_KEY))
     setup_openapi(app)

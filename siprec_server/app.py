@@ -20,8 +20,8 @@ import asyncpg
 from aiohttp import web
 
 from api.app import create_api
-from api.auth_api import ensure_bootstrap_admin, setup_identity
-from api.metrics import METRICS_KEY
+from api.auth_api import setup_identity
+from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import AccessError
 from siprec_server.config import (
@@ -41,6 +41,7 @@ from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
 from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
+from siprec_server.services.accounts import ensure_bootstrap_admin
 from siprec_server.services.database import DatabaseHandle, open_server_database
 from siprec_server.services.node import NodeMembership
 from siprec_server.sip.agent import AgentSettings, SipAgent
@@ -94,6 +95,18 @@ async def open_key_ring(db: asyncpg.Pool, directory: Path, node_id: str) -> KeyR
         log.warning("master_key_created", key_id=ring.current.key_id,
                     note="single-operator local key; replace with the dual-control ceremony")
     return ring
+
+
+def metrics_sources(recorder: Recorder, media: MediaService, sip: SipEndpoint) -> MetricsSources:
+    """What /metrics exports of the running components."""
+    return MetricsSources(
+        active_calls=lambda: recorder.active_sessions,
+        recorder=lambda: recorder.counters,
+        sip_messages=lambda: sip.agent.counters,
+        sip_transport=lambda: sip.counters,
+        media_errors=lambda: media.counters,
+        packets=media.packet_totals,
+    )
 
 
 @dataclass
@@ -290,12 +303,12 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
         )
         api_host, api_port = parse_host_port(config.api.listen)
-        api = create_api(db=db, recorder=recorder, writes=writes)
+        api = create_api(db=db, writes=writes)
         setup_identity(api, token_ttl_s=config.auth.token_ttl)
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = keys
         setup_recordings(api)
-        metrics = api[METRICS_KEY]
+        metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_database", "The database and its supervision",
                          database.counters)
         metrics.register("siprec_database_writes", "Writes that waited for the database",

@@ -143,7 +143,7 @@ async def _users_add(config: Config, args: argparse.Namespace, password: str | N
         print(f"siprec-server: {exc}", file=sys.stderr)
         return 2
 
-    from api.auth_api import create_account
+    from siprec_server.services.accounts import create_account
     from siprec_server.services.database import open_command_database
     from storage.users import UsernameTakenError
 

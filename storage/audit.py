@@ -3,7 +3,8 @@ any row in the table is detectable (`verify_audit_chain`).
 
 hash(n) = SHA-256(hash(n-1) || canonical JSON of event n's fields); the first event chains to
 32 zero bytes. Appends are serialised with a transaction-scoped advisory lock so the chain has
-no forks however many API workers or nodes write at once.
+no forks however many API workers or nodes write at once. `read_audit` pages through the trail
+for the API; `verify_audit_chain` walks all of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from storage.database import transaction
+from storage.sql import Statement, like_escape
 
 GENESIS = bytes(32)
 _LOCK_KEY = 0x5EC0_A0D1
@@ -78,7 +82,7 @@ async def record_audit(
         details=json.loads(_storable(json.dumps(dict(event.details or {}), ensure_ascii=False)) or "{}"),
     )
     details = json.dumps(dict(event.details or {}), sort_keys=True)
-    async with _connection(db) as conn, conn.transaction():
+    async with transaction(db) as conn:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         if event_id is not None:
             known = await conn.fetchval("SELECT seq FROM audit_events WHERE event_id = $1",
@@ -97,6 +101,100 @@ async def record_audit(
     return seq
 
 
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """One page of the audit trail: every given filter must hold."""
+
+    actor: str | None = None
+    action: str | None = None
+    action_prefix: str | None = None
+    """Every action starting with this text ("auth." finds auth.login, auth.login_failed, ...)."""
+    target: str | None = None
+    outcome: str | None = None
+    at_from: datetime | None = None
+    """Inclusive lower bound of the event time."""
+    at_to: datetime | None = None
+    """Exclusive upper bound of the event time."""
+    after_seq: int | None = None
+    """The cursor: only events past this sequence number, in the page's order."""
+    newest_first: bool = True
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAuditEvent:
+    """An event as the trail holds it: its place in the chain and its hashes."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    source: str | None
+    outcome: str
+    details: Mapping[str, Any]
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    events: list[StoredAuditEvent]
+    more: bool
+    """Further events match beyond this page (continue after events[-1].seq)."""
+
+
+def audit_sql(query: AuditQuery) -> tuple[str, list[object]]:
+    """The statement of one page of `query` (limit + 1 rows: the extra one says whether there
+    is a next page)."""
+    st = Statement()
+    where: list[str] = []
+    for column in ("actor", "action", "target", "outcome"):
+        value = getattr(query, column)
+        if value is not None:
+            where.append(f"{column} = {st.param(value)}")
+    if query.action_prefix is not None:
+        pattern = like_escape(query.action_prefix) + "%"
+        where.append(f"action LIKE {st.param(pattern)}")
+    if query.at_from is not None:
+        where.append(f"at >= {st.param(query.at_from)}")
+    if query.at_to is not None:
+        where.append(f"at < {st.param(query.at_to)}")
+    if query.after_seq is not None:
+        where.append(f"seq {'<' if query.newest_first else '>'} {st.param(query.after_seq)}")
+    order = "DESC" if query.newest_first else "ASC"
+    sql = (
+        "SELECT seq, at, actor, action, target, source, outcome, details, prev_hash, hash "
+        "FROM audit_events"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY seq {order} LIMIT {st.param(query.limit + 1)}"
+    )
+    return sql, st.params
+
+
+async def read_audit(db: asyncpg.Pool | asyncpg.Connection, query: AuditQuery) -> AuditPage:
+    """One page of the events matching `query`."""
+    sql, params = audit_sql(query)
+    rows = await db.fetch(sql, *params)
+    events = []
+    for row in rows[: query.limit]:
+        details = row["details"]
+        if isinstance(details, str):
+            details = json.loads(details)
+        events.append(StoredAuditEvent(
+            seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
+            target=row["target"], source=row["source"], outcome=row["outcome"],
+            details=details, prev_hash=bytes(row["prev_hash"]), hash=bytes(row["hash"]),
+        ))
+    return AuditPage(events, more=len(rows) > query.limit)
+
+
+# ------------------------------------------------------------------------------ verification
+
+
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     events: int
@@ -111,7 +209,7 @@ class ChainReport:
 async def verify_audit_chain(db: asyncpg.Pool | asyncpg.Connection) -> ChainReport:
     prev = GENESIS
     count = 0
-    async with _connection(db) as conn, conn.transaction():
+    async with transaction(db) as conn:
         async for row in conn.cursor("SELECT * FROM audit_events ORDER BY seq"):
             count += 1
             details = row["details"]
@@ -126,21 +224,3 @@ async def verify_audit_chain(db: asyncpg.Pool | asyncpg.Connection) -> ChainRepo
                 return ChainReport(count, row["seq"], "the event was changed")
             prev = expected
     return ChainReport(count, None, None)
-
-
-class _connection:
-    """Use a pool's connection or a given connection alike."""
-
-    def __init__(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
-        self._db = db
-        self._conn: Any = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        if isinstance(self._db, asyncpg.Pool):
-            self._conn = await self._db.acquire()
-            return self._conn
-        return self._db
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            await self._db.release(self._conn)

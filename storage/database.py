@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -27,15 +27,19 @@ __all__ = [
     "APPLICATION_NAME",
     "DEFAULT_MIGRATIONS_DIR",
     "DatabaseError",
+    "Executor",
     "Migration",
     "MigrationError",
+    "connection",
     "create_database",
     "create_pool",
     "drop_database",
     "dsn_with_database",
     "ensure_database",
     "migrate",
+    "reachable",
     "read_migrations",
+    "transaction",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,13 +142,35 @@ async def create_pool(
     )
 
 
+async def reachable(db: asyncpg.Pool, *, timeout_s: float = 2.0) -> bool:
+    """Whether the database answers a trivial query within `timeout_s` (health checks)."""
+    try:
+        await db.fetchval("SELECT 1", timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - any failure means the database is not usable
+        return False
+    return True
+
+
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+"""Where a repository function runs its statements: a pool, or a connection (a transaction)."""
+
+
 @asynccontextmanager
-async def _connection(conn_or_pool: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[Any]:
-    if isinstance(conn_or_pool, asyncpg.Pool):
-        async with conn_or_pool.acquire() as conn:
+async def connection(db: Executor) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the pool for the duration, or the given connection itself."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
             yield conn
     else:
-        yield conn_or_pool
+        yield db
+
+
+@asynccontextmanager
+async def transaction(db: Executor) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a pool's connection, or within the given connection (a savepoint when
+    it is in a transaction already)."""
+    async with connection(db) as conn, conn.transaction():
+        yield conn
 
 
 async def migrate(
@@ -153,7 +179,7 @@ async def migrate(
 ) -> list[str]:
     """Apply the pending migrations of migrations_dir; return the file names applied now."""
     migrations = read_migrations(migrations_dir)
-    async with _connection(conn_or_pool) as conn:
+    async with connection(conn_or_pool) as conn:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
             await conn.execute(_SCHEMA_MIGRATIONS_DDL)
@@ -256,6 +282,17 @@ async def _admin_connection(admin_dsn: str) -> Any:
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
+async def _admin_execute(admin_dsn: str, statement: str, failure: str) -> None:
+    """Run one statement on a connection of its own; DatabaseError("<failure>: ...")."""
+    conn = await _admin_connection(admin_dsn)
+    try:
+        await conn.execute(statement)
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"{failure}: {exc}") from exc
+    finally:
+        await conn.close()
+
+
 async def ensure_database(admin_dsn: str, name: str) -> str:
     """Create database `name` unless it exists; return its DSN."""
     statement = f"CREATE DATABASE {_quote_ident(name)}"
@@ -280,23 +317,11 @@ async def create_database(admin_dsn: str, name: str, *, template: str | None = N
     statement = f"CREATE DATABASE {_quote_ident(name)}"
     if template is not None:
         statement += f" TEMPLATE {_quote_ident(template)}"
-    conn = await _admin_connection(admin_dsn)
-    try:
-        await conn.execute(statement)
-    except asyncpg.PostgresError as exc:
-        raise DatabaseError(f"cannot create database {name!r}: {exc}") from exc
-    finally:
-        await conn.close()
+    await _admin_execute(admin_dsn, statement, f"cannot create database {name!r}")
     return dsn_with_database(admin_dsn, name)
 
 
 async def drop_database(admin_dsn: str, name: str) -> None:
     """Drop a database if it exists, ending any sessions still connected to it."""
     statement = f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)"
-    conn = await _admin_connection(admin_dsn)
-    try:
-        await conn.execute(statement)
-    except asyncpg.PostgresError as exc:
-        raise DatabaseError(f"cannot drop database {name!r}: {exc}") from exc
-    finally:
-        await conn.close()
+    await _admin_execute(admin_dsn, statement, f"cannot drop database {name!r}")

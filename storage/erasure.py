@@ -30,13 +30,12 @@ from uuid import UUID
 import asyncpg
 
 from storage.audit import AuditEvent, record_audit
-from storage.search import rfc3339
 
 __all__ = [
     "Erasure",
     "ErasureError",
+    "NoRecordingToErase",
     "RecordingActive",
-    "RecordingNotFound",
     "Tombstone",
     "erase_recording",
     "unfinished_erasures",
@@ -49,8 +48,8 @@ class ErasureError(Exception):
     """A recording that cannot be erased (see the subclasses)."""
 
 
-class RecordingNotFound(ErasureError):
-    pass
+class NoRecordingToErase(ErasureError):
+    """No recording has this id."""
 
 
 class RecordingActive(ErasureError):
@@ -68,18 +67,6 @@ class Tombstone:
     erased_at: datetime
     erased_by: str
     reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": str(self.recording_id),
-            "state": "erased",
-            "started_at": rfc3339(self.started_at),
-            "ended_at": rfc3339(self.ended_at),
-            "duration_s": None if self.duration_ms is None else self.duration_ms / 1000,
-            "erased_at": rfc3339(self.erased_at),
-            "erased_by": self.erased_by,
-            "erasure_reason": self.reason,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +92,7 @@ async def erase_recording(
 ) -> Erasure:
     """Erase one recording (see the module docstring); harmless on an erased one.
 
-    RecordingNotFound, RecordingActive (state offered/recording); ValueError for an empty or
+    NoRecordingToErase, RecordingActive (state offered/recording); ValueError for an empty or
     over-long reason."""
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
@@ -119,7 +106,7 @@ async def erase_recording(
                 recording_id,
             )
             if row is None:
-                raise RecordingNotFound(str(recording_id))
+                raise NoRecordingToErase(str(recording_id))
             if row["state"] == "erased":
                 await record_audit(conn, _event(actor, recording_id, source, reason,
                                                 already_erased=True), now)

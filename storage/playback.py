@@ -16,8 +16,8 @@ from storage.keys import KeyRing
 from storage.recording_file import decrypt_range
 
 
-class RecordingNotFound(LookupError):
-    pass
+class NoRecordingToOpen(LookupError):
+    """No recording has this id."""
 
 
 class RecordingUnreadable(Exception):
@@ -51,7 +51,7 @@ async def open_recording(db: asyncpg.Pool, keys: KeyRing, recording_id: UUID) ->
         "SELECT state, file_path, plaintext_bytes FROM recordings WHERE id = $1", recording_id
     )
     if row is None:
-        raise RecordingNotFound(str(recording_id))
+        raise NoRecordingToOpen(str(recording_id))
     key = await recordings.get_recording_key(db, recording_id)
     if key is None or not row["file_path"]:
         raise RecordingUnreadable("the recording has no audio or its key was destroyed")

@@ -5,8 +5,7 @@ Takes plain rows, knows nothing of SIP; the SIPREC service maps its session stat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -14,18 +13,11 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.database import transaction
+
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection  # both have execute/fetch
 
 
-@asynccontextmanager
-async def _transaction(db: Executor) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on a pool's connection, or within the given connection."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +201,12 @@ async def get_recording(db: Executor, recording_id: UUID) -> dict[str, Any] | No
     return result
 
 
+async def count_by_state(db: Executor) -> dict[str, int]:
+    """How many recordings are in each state (states without any are absent)."""
+    rows = await db.fetch("SELECT state, count(*) AS n FROM recordings GROUP BY state")
+    return {row["state"]: row["n"] for row in rows}
+
+
 async def find_by_call_id(db: Executor, call_id: str) -> list[UUID]:
     rows = await db.fetch(
         "SELECT id FROM recordings WHERE call_id = $1 ORDER BY started_at", call_id
@@ -252,7 +250,7 @@ async def save_media_start(
 ) -> None:
     """Before any audio is written: the wrapped data key and where the file goes. Replaying it
     (the write-behind journal) changes nothing."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         await conn.execute(
             """INSERT INTO recording_keys (recording_id, master_key_id, wrapped_key)
                VALUES ($1, $2, $3) ON CONFLICT (recording_id) DO NOTHING""",
@@ -278,7 +276,7 @@ async def save_media_start(
 
 
 async def save_media_result(db: Executor, recording_id: UUID, result: MediaResult) -> None:
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         await conn.execute(
             """UPDATE recordings SET duration_ms = $2, plaintext_sha256 = $3,
                    ciphertext_sha256 = $4, plaintext_bytes = $5, ciphertext_bytes = $6,

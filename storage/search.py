@@ -1,5 +1,5 @@
-"""Finding recordings: a search as a value, its SQL, the opaque page cursor, and the RECORDING
-view (INTERFACES.md) of stored rows.
+"""Finding recordings: a search as a value, its SQL, the opaque page cursor, and the rows it
+finds (their JSON shape is the API's business: api/views.py).
 
 Every filter value is a bound parameter. The caller's scope (which recordings a user may see at
 all) is an SQL expression over one `participants` row, supplied by the caller and ANDed into the
@@ -31,20 +31,20 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.sql import Statement, like_escape
+
 __all__ = [
     "MAX_LIMIT",
     "Cursor",
     "RecordingQuery",
     "ScopeSql",
     "SearchError",
+    "FoundRecording",
     "SearchPage",
-    "detail_view",
-    "fetch_recording",
     "find_by_reference",
+    "find_recording",
     "like_substring",
     "recording_state",
-    "recording_view",
-    "rfc3339",
     "search_recordings",
     "search_sql",
     "visible_recording_ids",
@@ -158,19 +158,7 @@ class RecordingQuery:
 
 def like_substring(text: str) -> str:
     """A LIKE pattern matching `text` anywhere, its own % _ \\ taken literally."""
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-class _Statement:
-    """SQL text with numbered parameters, built up in order."""
-
-    def __init__(self) -> None:
-        self.params: list[object] = []
-
-    def param(self, value: object) -> str:
-        self.params.append(value)
-        return f"${len(self.params)}"
+    return f"%{like_escape(text.lower())}%"
 
 
 _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state, r.started_at,
@@ -178,7 +166,7 @@ _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state
     r.erased_at, r.erased_by, r.erasure_reason, r.no_media"""
 
 
-def _scope_predicate(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
+def _scope_predicate(scope: ScopeSql | None, statement: Statement, alias: str) -> str | None:
     """The scope as a condition on one participants row `alias`; None when it restricts
     nothing, "FALSE" when it admits nothing."""
     if scope is None:
@@ -193,7 +181,7 @@ def _scope_predicate(scope: ScopeSql | None, statement: _Statement, alias: str) 
     return text
 
 
-def _scope_condition(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
+def _scope_condition(scope: ScopeSql | None, statement: Statement, alias: str) -> str | None:
     """The scope as a condition on recordings r; None when it restricts nothing."""
     predicate = _scope_predicate(scope, statement, alias)
     if predicate is None or predicate == "FALSE":
@@ -201,6 +189,12 @@ def _scope_condition(scope: ScopeSql | None, statement: _Statement, alias: str) 
     # IN (semi-join) rather than a correlated EXISTS: the planner may then start from the
     # participants index when the scope is narrow, or from recordings when it is wide.
     return f"r.id IN (SELECT {alias}.recording_id FROM participants {alias} WHERE {predicate})"
+
+
+def _within_scope(condition: str, scope: ScopeSql | None, statement: Statement) -> str:
+    """`condition` on recordings r (its parameters already bound) ANDed with the scope's."""
+    scoped = _scope_condition(scope, statement, "sp")
+    return condition if scoped is None else f"{condition} AND {scoped}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +208,7 @@ class _Window:
     after_id: str | None
 
     @classmethod
-    def of(cls, query: RecordingQuery, st: _Statement) -> _Window:
+    def of(cls, query: RecordingQuery, st: Statement) -> _Window:
         return cls(
             None if query.started_from is None else st.param(query.started_from),
             None if query.started_to is None else st.param(query.started_to),
@@ -240,7 +234,7 @@ class _Window:
 
 
 def _page_in_participants(
-    query: RecordingQuery, scope: str | None, st: _Statement
+    query: RecordingQuery, scope: str | None, st: Statement
 ) -> str | None:
     """The condition on one participants row that alone decides the page, when there is one.
 
@@ -265,7 +259,7 @@ def _page_in_participants(
 def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list[object]]:
     """The statement of one page of `query` (limit + 1 rows: the extra one says whether there
     is a next page) within `scope`."""
-    st = _Statement()
+    st = Statement()
     window = _Window.of(query, st)
     predicate = _scope_predicate(scope, st, "sp")
     rows = st.param(query.limit + 1)
@@ -322,144 +316,28 @@ def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list
     return sql, st.params
 
 
-# ------------------------------------------------------------------------------------- views
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def _participant_view(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": p["participant_id"],
-        "aor": p["aor"],
-        "name": p["name"],
-        "number": p["number"],
-        "present": p["present"],
-        "joined_at": rfc3339(p["joined_at"]),
-        "left_at": rfc3339(p["left_at"]),
-    }
-
-
-def _channel_view(c: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "index": c.get("index"),
-        "label": c.get("label"),
-        "m_index": c.get("m_index"),
-        "participant_ids": list(c.get("participant_ids") or ()),
-        "reason": c.get("reason"),
-    }
-
-
-def _stream_view(s: Mapping[str, Any], *, full_stats: bool) -> dict[str, Any]:
-    stats: Mapping[str, Any] = s["stats"] or {}
-    view = {
-        "label": s["label"],
-        "m_index": s["m_index"],
-        "kind": s["kind"],
-        "accepted": s["accepted"],
-        "channel": s["channel"],
-        "codec": s["codec"],
-        "srtp": s["srtp_suite"],
-        "packets_received": stats.get("packets_received"),
-        "packets_lost": stats.get("packets_lost"),
-    }
-    if full_stats:
-        view["stats"] = dict(stats)
-    return view
-
-
-def _pause_view(p: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "start_s": _seconds(p.get("start_ms")),
-        "end_s": _seconds(p.get("end_ms")),
-        "source": p.get("source"),
-    }
-
-
-def recording_view(
-    row: Mapping[str, Any],
-    participants: Sequence[Mapping[str, Any]],
-    streams: Sequence[Mapping[str, Any]],
-    *,
-    full_stats: bool = False,
-) -> dict[str, Any]:
-    """A RECORDING as INTERFACES.md defines it (plus a few fields)."""
-    return {
-        "id": str(row["id"]),
-        "call_id": row["call_id"],
-        "session_id": row["session_id"],
-        "sip_session_id": row["sip_session_id"],
-        "state": row["state"],
-        "started_at": rfc3339(row["started_at"]),
-        "answered_at": rfc3339(row["answered_at"]),
-        "ended_at": rfc3339(row["ended_at"]),
-        "end_reason": row["end_reason"],
-        "duration_s": _seconds(row["duration_ms"]),
-        "no_media": row["no_media"],
-        "participants": [_participant_view(p) for p in participants],
-        "channels": [_channel_view(c) for c in row["channels"] or ()],
-        "streams": [_stream_view(s, full_stats=full_stats) for s in streams],
-        "pauses": [_pause_view(p) for p in row["pauses"] or ()],
-        "dtmf_events": row["dtmf_events"],
-        "erased_at": rfc3339(row["erased_at"]),
-        "erased_by": row["erased_by"],
-        "erasure_reason": row["erasure_reason"],
-    }
-
-
-def _hex(value: bytes | None) -> str | None:
-    return None if value is None else bytes(value).hex()
-
-
-def detail_view(
-    row: Mapping[str, Any],
-    participants: Sequence[Mapping[str, Any]],
-    streams: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    """One recording in full: the RECORDING fields plus sizes, hashes, every stream counter and
-    the signature state (not verified; the API verifies on request)."""
-    view = recording_view(row, participants, streams, full_stats=True)
-    signed = row["signature"] is not None and row["summary"] is not None
-    view.update(
-        {
-            "transport": row["transport"],
-            "node_id": row["node_id"],
-            "sample_rate": row["sample_rate"],
-            "recovered": row["recovered"],
-            "has_audio": row["file_path"] is not None,
-            "sizes": {
-                "plaintext_bytes": row["plaintext_bytes"],
-                "ciphertext_bytes": row["ciphertext_bytes"],
-            },
-            "hashes": {
-                "plaintext_sha256": _hex(row["plaintext_sha256"]),
-                "ciphertext_sha256": _hex(row["ciphertext_sha256"]),
-            },
-            "signature": {
-                "state": "signed" if signed else "unsigned",
-                "key_id": row["signing_key_id"] if signed else None,
-                "verified": None,
-                "problems": [],
-            },
-            "metadata_events": row["metadata_events"],
-        }
-    )
-    return view
-
-
 # ------------------------------------------------------------------------------------- reads
 
 
 @dataclass(frozen=True, slots=True)
+class FoundRecording:
+    """One recording as a search reads it: its row (_RECORDING_COLUMNS; find_recording adds the
+    file, hash and signature columns and a metadata_events count), its participants by
+    participant_id and its streams by m_index."""
+
+    row: Mapping[str, Any]
+    participants: Sequence[Mapping[str, Any]]
+    streams: Sequence[Mapping[str, Any]]
+
+    @property
+    def id(self) -> UUID:
+        recording_id: UUID = self.row["id"]
+        return recording_id
+
+
+@dataclass(frozen=True, slots=True)
 class SearchPage:
-    items: list[dict[str, Any]]
+    items: list[FoundRecording]
     next_cursor: str | None
 
 
@@ -495,7 +373,7 @@ async def search_recordings(
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     participants, streams = await _children(db, [r["id"] for r in rows])
-    items = [recording_view(r, participants[r["id"]], streams[r["id"]]) for r in rows]
+    items = [FoundRecording(r, participants[r["id"]], streams[r["id"]]) for r in rows]
     next_cursor = Cursor(rows[-1]["started_at"], rows[-1]["id"]).encode() if more else None
     return SearchPage(items, next_cursor)
 
@@ -504,40 +382,33 @@ async def visible_recording_ids(
     db: Executor, recording_ids: Sequence[UUID], scope: ScopeSql | None
 ) -> set[UUID]:
     """Which of these recordings exist within `scope`."""
-    st = _Statement()
+    st = Statement()
     ids = st.param(list(recording_ids))
-    where = [f"r.id = ANY({ids}::uuid[])"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
-    rows = await db.fetch(f"SELECT r.id FROM recordings r WHERE {' AND '.join(where)}",
-                          *st.params)
+    where = _within_scope(f"r.id = ANY({ids}::uuid[])", scope, st)
+    rows = await db.fetch(f"SELECT r.id FROM recordings r WHERE {where}", *st.params)
     return {row["id"] for row in rows}
 
 
-async def fetch_recording(
+async def find_recording(
     db: Executor, recording_id: UUID, scope: ScopeSql | None
-) -> dict[str, Any] | None:
-    """One recording's detail view, or None when it does not exist or is out of scope (the two
-    must look the same to the caller)."""
-    st = _Statement()
-    where = [f"r.id = {st.param(recording_id)}"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+) -> FoundRecording | None:
+    """One recording with everything its detail shows, or None when it does not exist or is out
+    of scope (the two must look the same to the caller)."""
+    st = Statement()
+    where = _within_scope(f"r.id = {st.param(recording_id)}", scope, st)
     row = await db.fetchrow(
         f"""SELECT {_RECORDING_COLUMNS}, r.transport, r.node_id, r.sample_rate, r.recovered,
                    r.file_path, r.plaintext_bytes, r.ciphertext_bytes, r.plaintext_sha256,
                    r.ciphertext_sha256, r.summary, r.signature, r.signing_key_id,
                    (SELECT count(*) FROM metadata_events m WHERE m.recording_id = r.id)
                        AS metadata_events
-            FROM recordings r WHERE {' AND '.join(where)}""",
+            FROM recordings r WHERE {where}""",
         *st.params,
     )
     if row is None:
         return None
     participants, streams = await _children(db, [recording_id])
-    return detail_view(row, participants[recording_id], streams[recording_id])
+    return FoundRecording(row, participants[recording_id], streams[recording_id])
 
 
 async def recording_state(
@@ -545,15 +416,12 @@ async def recording_state(
 ) -> dict[str, Any] | None:
     """State, erasure stamp and audio facts of one recording within `scope` (None when absent
     or out of scope)."""
-    st = _Statement()
-    where = [f"r.id = {st.param(recording_id)}"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+    st = Statement()
+    where = _within_scope(f"r.id = {st.param(recording_id)}", scope, st)
     row = await db.fetchrow(
         f"""SELECT r.id, r.state, r.erased_at, r.file_path IS NOT NULL AS has_audio,
                    r.plaintext_bytes
-            FROM recordings r WHERE {' AND '.join(where)}""",
+            FROM recordings r WHERE {where}""",
         *st.params,
     )
     return None if row is None else dict(row)
@@ -564,7 +432,7 @@ async def find_by_reference(
 ) -> list[dict[str, Any]]:
     """Recordings a caller's reference names — a SIP Call-ID, a SIPREC session id or a
     recording id — within `scope`, newest first, each with how the reference matched."""
-    st = _Statement()
+    st = Statement()
     text = st.param(ref)
     terms = [f"r.call_id = {text}", f"r.session_id = {text}"]
     try:
@@ -573,14 +441,11 @@ async def find_by_reference(
         as_id = None
     if as_id is not None:
         terms.append(f"r.id = {st.param(as_id)}")
-    where = ["(" + " OR ".join(terms) + ")"]
-    scoped = _scope_condition(scope, st, "sp")
-    if scoped is not None:
-        where.append(scoped)
+    where = _within_scope("(" + " OR ".join(terms) + ")", scope, st)
     rows = await db.fetch(
         f"""SELECT r.id, r.state, r.call_id = {text} AS by_call_id,
                    r.session_id IS NOT DISTINCT FROM {text} AS by_session_id
-            FROM recordings r WHERE {' AND '.join(where)}
+            FROM recordings r WHERE {where}
             ORDER BY r.started_at DESC LIMIT {st.param(limit)}""",
         *st.params,
     )

@@ -9,14 +9,15 @@ keep pointing at a real account.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
+
+from storage.database import transaction
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -110,7 +111,7 @@ async def create_user(
     """Insert a new account. With `only_if_none_exist`, do so only while the table is empty
     (the bootstrap administrator; several nodes may start at once) and return None otherwise.
     UsernameTakenError when the name is in use."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         if only_if_none_exist:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK_KEY)
             if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
@@ -164,7 +165,7 @@ async def update_user(
 ) -> tuple[User, User] | None:
     """Change the given fields; returns (before, after), or None for an unknown user.
     LastAdminError when the change would demote or disable the last enabled administrator."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         # Row locks on every enabled admin serialise concurrent demotions of the last two.
         admins = {
             row["id"]
@@ -225,7 +226,7 @@ async def record_login_failure(
     """Count a wrong password; the max_failures-th consecutive one locks the account for
     `lockout`. An expired lock starts the count afresh; a lock set meanwhile by a parallel
     attempt is kept as it is."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         row = await conn.fetchrow(
             "SELECT failed_logins, locked_until FROM users WHERE id = $1 FOR UPDATE", user_id
         )
@@ -398,12 +399,3 @@ async def revoke_user_tokens(db: Executor, user_id: UUID, now: datetime) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-@asynccontextmanager
-async def _transaction(db: Executor) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on a pool's connection or on a given connection alike."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db

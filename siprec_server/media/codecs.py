@@ -33,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
+from siprec_server.media.errors import MediaError
+
 __all__ = [
     "AudioDecoder",
     "CodecError",
@@ -52,7 +54,7 @@ Payload = bytes | bytearray | memoryview
 _EMPTY: Final[Pcm] = np.zeros(0, dtype=np.int16)
 
 
-class CodecError(ValueError):
+class CodecError(MediaError, ValueError):
     """A codec or rate conversion this module does not support was asked for."""
 
 

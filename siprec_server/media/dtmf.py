@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from siprec_server.media.errors import MediaError
+
 __all__ = [
     "DIGITS",
     "DtmfEvent",
@@ -30,7 +32,7 @@ FLASH = 16
 """Event code of hook flash; reported as the digit "flash"."""
 
 
-class DtmfFormatError(ValueError):
+class DtmfFormatError(MediaError, ValueError):
     """A telephone-event payload is shorter than its 4-byte event block."""
 
 

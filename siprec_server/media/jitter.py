@@ -56,6 +56,7 @@ from .dtmf import (
     digit_for,
     parse_telephone_event,
 )
+from .errors import MediaError
 from .rtp import RtpFormatError, RtpPacket, parse_rtp_header
 
 __all__ = ["StreamStats", "StreamTimeline", "TimelineError"]
@@ -89,7 +90,7 @@ _DTMF_OPEN_TIMEOUT: Final = 1.0
 _AUDIO, _EVENT, _SILENT = 0, 1, 2
 
 
-class TimelineError(ValueError):
+class TimelineError(MediaError, ValueError):
     """A pull was asked for a time that is not a finite number."""
 
 

@@ -44,6 +44,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from siprec_server.media.errors import MediaError
+
 __all__ = [
     "DEFAULT_APPLICATION",
     "DEFAULT_COMPLEXITY",
@@ -70,7 +72,7 @@ _MAX_SEGMENTS: Final = 255
 _VENDOR: Final = b"siprec-server"
 
 
-class OggOpusError(ValueError):
+class OggOpusError(MediaError, ValueError):
     """Bad parameters or input for the encoder, or use after close()."""
 
 

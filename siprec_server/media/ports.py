@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections import deque
 
+from siprec_server.media.errors import MediaError
 
-class PortsExhausted(Exception):
+
+class PortsExhausted(MediaError):
     """No free RTP/RTCP pair is left in the range; the call gets 503."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from siprec_server.media.errors import MediaError
+
 __all__ = [
     "RtpFormatError",
     "RtpPacket",
@@ -23,7 +25,7 @@ _FIXED_HEADER = struct.Struct("!BBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
 
 
-class RtpFormatError(ValueError):
+class RtpFormatError(MediaError, ValueError):
     """The datagram is not a well-formed RTP version 2 packet."""
 
 

@@ -7,8 +7,10 @@ A receiver counts these and drops the packet; none of them ends a call.
 
 from __future__ import annotations
 
+from siprec_server.media.errors import MediaError
 
-class SrtpError(Exception):
+
+class SrtpError(MediaError):
     """A packet could not be protected or unprotected."""
 
 

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
+from typing import Any, TypeVar
 from xml.parsers import expat
 
 __all__ = [
@@ -372,6 +373,22 @@ def _build_tree(data: bytes, unbound: list[str]) -> _Node:
 # --- tree -> document ---------------------------------------------------------------------------
 
 
+_Info = TypeVar("_Info", SessionInfo, ParticipantInfo, StreamInfo)
+
+
+def _freeze(
+    draft: _ParticipantDraft | _SessionDraft | _StreamDraft, info: type[_Info], **derived: Any
+) -> _Info:
+    """The immutable `info` of a draft: every field of the draft under its own name, lists as
+    tuples, plus the `derived` fields the draft does not hold. A draft field `info` lacks is a
+    TypeError, so the two cannot drift apart unnoticed."""
+    values: dict[str, Any] = {}
+    for spec in fields(draft):
+        value = getattr(draft, spec.name)
+        values[spec.name] = tuple(value) if isinstance(value, list) else value
+    return info(**values, **derived)
+
+
 @dataclass(slots=True)
 class _ParticipantDraft:
     id: str
@@ -393,19 +410,8 @@ class _ParticipantDraft:
         return self.send, self.recv
 
     def freeze(self) -> ParticipantInfo:
-        return ParticipantInfo(
-            id=self.id,
-            aor=(normalize_aor(self.aor_raw) or None) if self.aor_raw else None,
-            aor_raw=self.aor_raw,
-            name=self.name,
-            name_lang=self.name_lang,
-            session=self.session,
-            associate_time=self.associate_time,
-            disassociate_time=self.disassociate_time,
-            disassociated=self.disassociated,
-            send=tuple(self.send) if self.send is not None else None,
-            recv=tuple(self.recv) if self.recv is not None else None,
-        )
+        aor = (normalize_aor(self.aor_raw) or None) if self.aor_raw else None
+        return _freeze(self, ParticipantInfo, aor=aor)
 
 
 @dataclass(slots=True)
@@ -419,15 +425,7 @@ class _SessionDraft:
     disassociate_time: datetime | None = None
 
     def freeze(self) -> SessionInfo:
-        return SessionInfo(
-            id=self.id,
-            sip_session_id=self.sip_session_id,
-            group_ref=self.group_ref,
-            start_time=self.start_time,
-            end_time=self.end_time,
-            associate_time=self.associate_time,
-            disassociate_time=self.disassociate_time,
-        )
+        return _freeze(self, SessionInfo)
 
 
 @dataclass(slots=True)
@@ -440,14 +438,7 @@ class _StreamDraft:
     disassociate_time: datetime | None = None
 
     def freeze(self) -> StreamInfo:
-        return StreamInfo(
-            id=self.id,
-            label=self.label,
-            mode=self.mode,
-            session=self.session,
-            associate_time=self.associate_time,
-            disassociate_time=self.disassociate_time,
-        )
+        return _freeze(self, StreamInfo)
 
 
 @dataclass(slots=True)

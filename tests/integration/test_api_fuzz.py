@@ -47,11 +47,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from api.auth_api import IDENTITY_KEY, create_account
+from api.auth_api import IDENTITY_KEY
 from api.openapi import document
 from api.recordings_api import KEYS_KEY
 from siprec_server.access import LoginPolicy, new_api_token, token_digest
 from siprec_server.app import RunningServer
+from siprec_server.services.accounts import create_account
 from storage import users
 from storage.audit import verify_audit_chain
 from tests.integration.test_openapi import validate

@@ -17,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from api.auth_api import create_account
 from siprec_server.app import RunningServer, start_server
 from siprec_server.config import load_config
+from siprec_server.services.accounts import create_account
 from tests.integration.conftest import server_env
 from tests.integration.test_recordings_api import CHEAP
 from tests.integration.test_sip_tls import self_signed_certificate

@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
-from api.auth_api import ensure_bootstrap_admin, setup_identity
+from api.auth_api import setup_identity
 from siprec_server.access import AccessError, LoginPolicy, PasswordHashing, token_digest
+from siprec_server.services.accounts import ensure_bootstrap_admin
 from storage import users
 from storage.audit import verify_audit_chain
 
@@ -89,7 +90,7 @@ async def make_api(db_pool: asyncpg.Pool) -> AsyncIterator[ApiFactory]:
     clients: list[Client] = []
 
     async def make(policy: LoginPolicy = NO_DELAY, token_ttl_s: int = 28800) -> Api:
-        app = create_api(db=db_pool, recorder=None)
+        app = create_api(db=db_pool)
         setup_identity(app, token_ttl_s=token_ttl_s, policy=policy, password_hashing=CHEAP)
         client: Client = TestClient(TestServer(app))
         await client.start_server()

@@ -99,8 +99,8 @@ async def server_on(own_cluster: EmbeddedPostgres, data_dir: Path
     finally:
         await conn.close()
     env = server_env(dsn, data_dir, sip__listen=f"udp:127.0.0.1:{free_port()}",
-                     media__bind_address="127.0.0.1", media__rtp_port_min="36000",
-                     media__rtp_port_max="36999")
+                     media__bind_address="127.0.0.1", media__rtp_port_min="31000",
+                     media__rtp_port_max="31999")
     env["SIPREC_BOOTSTRAP_PASSWORD"] = "outage test password"
     server = await start_server(load_config(env=env))
     try:

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from api.auth_api import create_account
 from api.openapi import document
+from siprec_server.services.accounts import create_account
 from storage.audit import verify_audit_chain
 from storage.keys import KeyRing
 from tests.integration.test_recordings_api import (

@@ -27,9 +27,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import PasswordHashing, new_api_token, token_digest
-from siprec_server.app import RunningServer
+from siprec_server.app import RunningServer, metrics_sources
 from siprec_server.media.codecs import encode_ulaw
 from siprec_server.siprec.sdp import parse_sdp
 from storage import recordings, users
@@ -70,12 +71,13 @@ async def make_token(db: asyncpg.Pool, role: str, scopes: tuple[str, ...] = (), 
     return token, str(user.id)
 
 
-def recording_app(db: asyncpg.Pool, *, recorder: object = None, keys: KeyRing | None = None,
-                  media: Any = None) -> Any:
+def recording_app(db: asyncpg.Pool, *, keys: KeyRing | None = None, media: Any = None,
+                  metrics: MetricsSources | None = None) -> Any:
     """The control API as siprec_server/app.py is to wire it."""
-    app = create_api(db=db, recorder=recorder)
+    app = create_api(db=db)
     setup_identity(app, password_hashing=CHEAP)
     setup_recordings(app)
+    setup_metrics(app, metrics)
     if keys is not None:
         app[KEYS_KEY] = keys
     if media is not None:
@@ -653,7 +655,8 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
 ) -> None:
     db = server.db
     keys, _ = LocalKeyStore(data_dir / "keys").load_or_create(datetime.now(UTC))
-    app = recording_app(db, recorder=server.recorder, keys=keys, media=server.media)
+    app = recording_app(db, keys=keys, media=server.media,
+                        metrics=metrics_sources(server.recorder, server.media, server.sip))
     client: Client = TestClient(TestServer(app))
     await client.start_server()
     http = Http(client)

@@ -20,6 +20,7 @@ from storage.database import (
     dsn_with_database,
     ensure_database,
     migrate,
+    reachable,
     read_migrations,
 )
 from storage.embedded_postgres import EmbeddedPostgres
@@ -285,3 +286,10 @@ def test_dsn_with_database_keeps_socket_and_drops_old_dbname() -> None:
 async def test_unreachable_server_is_a_database_error() -> None:
     with pytest.raises(DatabaseError, match="cannot connect"):
         await ensure_database("postgresql://siprec@/x?host=/nonexistent-dir&port=5432", "y")
+
+
+async def test_reachable_says_whether_the_database_answers(empty_dsn: str) -> None:
+    pool = await create_pool(empty_dsn, max_size=1)
+    assert await reachable(pool)
+    await pool.close()
+    assert not await reachable(pool)

@@ -762,3 +762,16 @@ def test_random_bytes_parse_or_raise_metadata_error(data: bytes) -> None:
         parse_metadata(b"<recording>" + data + b"</recording>")
     with contextlib.suppress(MetadataError):
         parse_metadata(data)
+
+
+def test_every_stated_field_is_kept_by_the_parse() -> None:
+    # The parse freezes its drafts field by field by name: a field added to a value type must
+    # be added to its draft too, or the parse would silently leave it unset.
+    from dataclasses import fields
+
+    from siprec_server.siprec import metadata
+
+    for draft, info, derived in ((metadata._SessionDraft, metadata.SessionInfo, set()),
+                                 (metadata._StreamDraft, metadata.StreamInfo, set()),
+                                 (metadata._ParticipantDraft, metadata.ParticipantInfo, {"aor"})):
+        assert {f.name for f in fields(info)} == {f.name for f in fields(draft)} | derived

@@ -113,7 +113,7 @@ async def every_page(db: asyncpg.Pool, query: RecordingQuery, scope: ScopeSql | 
     seen: list[str] = []
     page: SearchPage = await search_recordings(db, query, scope)
     for _ in range(1000):
-        seen.extend(item["id"] for item in page.items)
+        seen.extend(str(item.id) for item in page.items)
         if page.next_cursor is None:
             return seen
         assert len(page.items) == query.limit
@@ -206,7 +206,7 @@ async def test_participants_carry_their_recordings_start_whatever_the_writer_say
     ) == [later]
     page = await search_recordings(db_pool, RecordingQuery(started_from=later),
                                    scope_of("agent", "2002"))
-    assert [item["id"] for item in page.items] == [str(rid)]
+    assert [item.id for item in page.items] == [rid]
 
 
 async def test_a_participant_of_no_recording_is_still_refused(db_pool: asyncpg.Pool) -> None:

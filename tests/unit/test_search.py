@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from api.views import detail_view, recording_view
 from siprec_server.access import Principal, scope_filter
 from storage.search import (
     MAX_LIMIT,
@@ -20,7 +21,7 @@ from storage.search import (
     RecordingQuery,
     ScopeSql,
     SearchError,
-    fetch_recording,
+    find_recording,
     like_substring,
     search_recordings,
     visible_recording_ids,
@@ -68,7 +69,7 @@ def scope_of(p: Principal) -> ScopeSql:
 async def all_ids(db: asyncpg.Pool, query: RecordingQuery, scope: ScopeSql | None = None
                   ) -> list[str]:
     page = await search_recordings(db, query, scope)
-    return [item["id"] for item in page.items]
+    return [str(item.id) for item in page.items]
 
 
 @pytest.fixture
@@ -200,7 +201,8 @@ async def test_results_have_the_recording_shape(
     db_pool: asyncpg.Pool, calls: dict[str, str]
 ) -> None:
     page = await search_recordings(db_pool, RecordingQuery(call_id="c-1"), None)
-    (item,) = page.items
+    (found,) = page.items
+    item = recording_view(found)
     assert item["id"] == calls["alice_2001"]
     assert item["started_at"] == "2024-05-01T09:00:00Z"
     assert item["ended_at"] == "2024-05-01T09:00:30Z"
@@ -228,8 +230,8 @@ async def test_pages_cover_every_match_once_even_with_equal_start_times(
     pages = 0
     while True:
         page = await search_recordings(db_pool, RecordingQuery(limit=5, after=cursor), None)
-        seen += [item["id"] for item in page.items]
-        order += [(item["started_at"], item["id"]) for item in page.items]
+        seen += [str(item.id) for item in page.items]
+        order += [(item.row["started_at"], str(item.id)) for item in page.items]
         pages += 1
         if page.next_cursor is None:
             break
@@ -238,9 +240,9 @@ async def test_pages_cover_every_match_once_even_with_equal_start_times(
     assert sorted(seen) == sorted(str(r) for r in expected)
     assert len(seen) == len(set(seen))
     # Newest first; among equal times, by id.
-    assert order == sorted(order, key=lambda o: (-datetime.fromisoformat(o[0]).timestamp(), o[1]))
+    assert order == sorted(order, key=lambda o: (-o[0].timestamp(), o[1]))
     page = await search_recordings(db_pool, RecordingQuery(limit=MAX_LIMIT), None)
-    assert [item["id"] for item in page.items] == seen
+    assert [str(item.id) for item in page.items] == seen
 
 
 async def test_an_exact_last_page_has_no_next_cursor(
@@ -265,7 +267,7 @@ async def test_an_agent_sees_only_calls_with_a_party_in_scope(
     assert page.items == [] and page.next_cursor is None
     # Within scope, every party of the call is shown: it is the agent's call.
     page = await search_recordings(db_pool, RecordingQuery(numbers=("+442079460000",)), agent)
-    assert [p["number"] for p in page.items[0]["participants"]] == ["+442079460000", "2001"]
+    assert [p["number"] for p in page.items[0].participants] == ["+442079460000", "2001"]
 
 
 async def test_a_paged_scope_gives_no_cursor_past_its_last_visible_row(
@@ -273,7 +275,7 @@ async def test_a_paged_scope_gives_no_cursor_past_its_last_visible_row(
 ) -> None:
     agent = scope_of(principal("agent", ("2001",)))
     page = await search_recordings(db_pool, RecordingQuery(limit=1), agent)
-    assert [i["id"] for i in page.items] == [calls["alice_2001"]]
+    assert [str(i.id) for i in page.items] == [calls["alice_2001"]]
     assert page.next_cursor is None  # two newer calls exist, out of scope: no hint of them
 
 
@@ -290,7 +292,7 @@ async def test_an_agent_without_scope_sees_nothing(
 ) -> None:
     agent = scope_of(principal("agent"))
     assert await all_ids(db_pool, RecordingQuery(), agent) == []
-    assert await fetch_recording(db_pool, uuid.UUID(calls["alice_2001"]), agent) is None
+    assert await find_recording(db_pool, uuid.UUID(calls["alice_2001"]), agent) is None
 
 
 async def test_unrestricted_users_also_see_calls_without_parties(
@@ -308,8 +310,8 @@ async def test_detail_and_visibility_respect_the_scope(
 ) -> None:
     agent = scope_of(principal("agent", ("2002",)))
     mine, other = uuid.UUID(calls["bob_2002"]), uuid.UUID(calls["alice_2001"])
-    detail = await fetch_recording(db_pool, mine, agent)
-    assert detail is not None and detail["id"] == str(mine)
-    assert detail["signature"]["state"] == "unsigned"
-    assert await fetch_recording(db_pool, other, agent) is None
+    detail = await find_recording(db_pool, mine, agent)
+    assert detail is not None and detail.id == mine
+    assert detail_view(detail)["signature"]["state"] == "unsigned"
+    assert await find_recording(db_pool, other, agent) is None
     assert await visible_recording_ids(db_pool, [mine, other], agent) == {mine}

@@ -16,8 +16,8 @@ import pytest
 from storage import recordings
 from storage.audit import verify_audit_chain
 from storage.erasure import (
+    NoRecordingToErase,
     RecordingActive,
-    RecordingNotFound,
     erase_recording,
     unfinished_erasures,
 )
@@ -129,7 +129,7 @@ async def test_erasure_leaves_a_tombstone_without_personal_data(
     assert (row["started_at"], row["duration_ms"]) == (NOW, 61000)
     assert (row["erased_at"], row["erased_by"], row["erasure_reason"]) == (
         erased_at, "user-1", "GDPR art. 17 #42")
-    assert erasure.tombstone.as_dict()["erased_by"] == "user-1"
+    assert erasure.tombstone.erased_by == "user-1"
     text = str(dict(row))
     for personal in ("Alice", "+442079460000", "192.0.2.10", "198.51.100.7", "alice-call"):
         assert personal not in text
@@ -174,7 +174,7 @@ async def test_an_active_recording_cannot_be_erased(
 async def test_unknown_recordings_and_missing_reasons_are_refused(
     db_pool: asyncpg.Pool, ring: KeyRing, tmp_path: Path
 ) -> None:
-    with pytest.raises(RecordingNotFound):
+    with pytest.raises(NoRecordingToErase):
         await erase_recording(db_pool, uuid.uuid4(), actor="u", reason="r", now=NOW)
     rid, _ = await recorded_call(db_pool, ring, tmp_path)
     for reason in ("", "   ", "x" * 501):
