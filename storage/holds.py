@@ -180,7 +180,8 @@ def query_condition(query: HoldQuery, st: _Statement, alias: str = "r") -> str:
         terms.append(f"{alias}.started_at >= {st.param(query.started_from)}")
     if query.started_to is not None:
         terms.append(f"{alias}.started_at < {st.param(query.started_to)}")
-    return "(" + " AND ".join(terms or ["FALSE"]) + ")"
+    # NULL columns (an erased recording's call_id) must not make the whole condition NULL.
+    return "COALESCE((" + " AND ".join(terms or ["FALSE"]) + "), FALSE)"
 
 
 async def active_query_holds(db: Executor) -> list[tuple[UUID, str, HoldQuery]]:

@@ -191,7 +191,9 @@ def match_condition(match: PolicyMatch, st: _Statement, alias: str = "r") -> str
     for key, values in match.metadata:
         terms.append(f"({alias}.src_metadata -> {st.param(key)}) ?| "
                      f"{st.param(list(values))}::text[]")
-    return "(" + " AND ".join(terms or ["TRUE"]) + ")"
+    # COALESCE: a recording without a direction or that metadata key makes a term NULL, and
+    # NOT (... AND NULL) would drop it from every candidate list instead of not matching.
+    return "COALESCE((" + " AND ".join(terms or ["TRUE"]) + "), FALSE)"
 
 
 def _ordered(policies: Sequence[Policy]) -> list[Policy]:

@@ -72,5 +72,8 @@ def build_lifecycle(db: asyncpg.Pool, config: Config, *, keys: KeyRing | None, n
                     **{kind: subjects.handle_job for kind in SUBJECT_JOBS}},
             now, stale_after=timedelta(seconds=config.lifecycle.job_stale_after))
         if config.retention.enabled:
-            services.scheduler = RetentionScheduler(retention, config.retention.interval)
+            bundle_ttl = timedelta(days=config.lifecycle.bundle_ttl_days)
+            services.scheduler = RetentionScheduler(
+                retention, config.retention.interval,
+                housekeeping=lambda: subjects.expire_bundles(bundle_ttl))
     return services

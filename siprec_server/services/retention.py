@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -299,9 +299,13 @@ class RetentionScheduler:
 
     service: RetentionService
     interval_s: float
+    housekeeping: Callable[[], Awaitable[object]] | None = None
+    """Also run at every tick (expiring old subject-access bundles)."""
     _task: asyncio.Task[None] | None = None
 
     async def tick(self) -> Job | None:
+        if self.housekeeping is not None:
+            await self.housekeeping()
         return await self.service.start_run(dry_run=False, actor="system:scheduler",
                                             unique=True)
 

@@ -143,6 +143,12 @@ async def test_dry_run_counts_per_policy_exactly_what_the_run_then_erases(world:
     status, sales = await http.json("POST", "/api/v1/retention-policies", admin, json={
         "name": "sales", "days": 500, "match": {"parties": ["sip:*@pbx.example.com"]}})
     assert status == 201
+    # Criteria no recording here has (no direction, no such SRC metadata) match nothing.
+    for name, match in (("vip queue", {"metadata": {"queue": "vip"}}),
+                        ("outbound", {"direction": "outbound"})):
+        status, _ = await http.json("POST", "/api/v1/retention-policies", admin, json={
+            "name": name, "days": 3000, "match": match})
+        assert status == 201
     ids = {
         "default_old": await world.recording(SALES, days_ago=600),
         "default_young": await world.recording(("tel:+33142685300", None, "+33142685300"),
@@ -171,7 +177,7 @@ async def test_dry_run_counts_per_policy_exactly_what_the_run_then_erases(world:
     assert dry["state"] == "done"
     report = dry["result"]
     per_policy = {p["name"]: p["recordings"] for p in report["policies"]}
-    assert per_policy == {"trading desk": 1, "sales": 1}
+    assert per_policy == {"trading desk": 1, "sales": 1, "vip queue": 0, "outbound": 0}
     assert report["default"] == {"days": 365, "recordings": 1}
     assert report["held"] == 2 and report["total"] == 3
     # Nothing was erased by the dry run.
