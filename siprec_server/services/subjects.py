@@ -265,10 +265,13 @@ class SubjectService:
         await store.save_items(self.db, request.id,
                                [Decision(rid, "included") for rid in ids])
         now = self.clock()
+        # The bundle exists: the wrapped file key has done its work and goes (a new bundle
+        # needs a new request, and so the requester's passphrase again).
+        kept = {k: v for k, v in (request.recipient or {}).items() if k != "wrapped_file_key"}
         await store.update_request(self.db, request.id, state="done", bundle_path=str(final),
                                    bundle_node=self.node_id, bundle_bytes=size,
                                    bundle_sha256=sha256, found=len(ids),
-                                   finished_at=now)
+                                   finished_at=now, recipient=kept)
         self.counters.bundles_built += 1
         self.counters.bundle_bytes += size
         await self._audit(context.job.created_by or "system", "subject.access_bundle",

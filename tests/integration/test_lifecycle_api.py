@@ -455,7 +455,7 @@ async def test_access_bundle_for_a_passphrase_opens_with_age(world: World) -> No
     # The passphrase is nowhere in the database; no plaintext file was left behind.
     dump = json.dumps([dict(r) for r in await world.db.fetch(
         "SELECT recipient::text, subject::text FROM subject_requests")])
-    assert "horse" not in dump
+    assert "horse" not in dump and "wrapped_file_key" not in dump
     assert [p.name for p in (world.tmp / "bundles").iterdir()] == [
         f"{request['id']}.zip.age"]
     items = request_items = (await world.http.json(
