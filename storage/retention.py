@@ -34,6 +34,7 @@ from storage.search import _Statement
 
 __all__ = [
     "ERASABLE_STATES",
+    "Expired",
     "PendingChange",
     "PolicyConflict",
     "apply_change",
@@ -248,17 +249,34 @@ async def count_expired(db: Executor, policies: Sequence[Policy], limits: Retent
     return {r["policy"]: r["n"] for r in rows}, int(held)
 
 
+@dataclass(frozen=True, slots=True)
+class Expired:
+    recording_id: UUID
+    started_at: datetime
+    policy_id: str | None
+    """The governing policy (None: the default)."""
+
+
 async def expired_batch(db: Executor, policies: Sequence[Policy], limits: RetentionLimits,
-                        now: datetime, limit: int) -> list[tuple[UUID, str | None]]:
-    """Up to `limit` expired recordings, oldest first, each with its governing policy id."""
+                        now: datetime, limit: int,
+                        after: tuple[datetime, UUID] | None = None) -> list[Expired]:
+    """Up to `limit` expired recordings, oldest first, each with its governing policy id;
+    `after` = the (started_at, id) of the last one of the previous batch (keyset: a run never
+    walks again over what it erased or had to skip)."""
     async with _snapshot(db) as conn:
         query_holds = await active_query_holds(conn)
         where, _params, st = candidate_sql(policies, limits, now, query_holds)
         governing = governing_sql(policies, limits, st)
+        if after is not None:
+            since = st.param(after[0])
+            # The plain bound is what an index range on recordings_started_at starts from.
+            where += (f" AND r.started_at >= {since} AND (r.started_at, r.id) > "
+                      f"({since}::timestamptz, {st.param(after[1])}::uuid)")
         rows = await conn.fetch(
-            f"""SELECT r.id, {governing} AS policy FROM recordings r WHERE {where}
-                ORDER BY r.started_at, r.id LIMIT {st.param(limit)}""", *st.params)
-    return [(r["id"], r["policy"]) for r in rows]
+            f"""SELECT r.id, r.started_at, {governing} AS policy FROM recordings r
+                WHERE {where} ORDER BY r.started_at, r.id LIMIT {st.param(limit)}""",
+            *st.params)
+    return [Expired(r["id"], r["started_at"], r["policy"]) for r in rows]
 
 
 class _snapshot:

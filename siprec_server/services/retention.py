@@ -238,14 +238,15 @@ class RetentionService:
             await context.progress(0, total)
         erased: dict[str | None, int] = {}
         held = failed = done = 0
-        skipped: set[UUID] = set()
+        after: tuple[datetime, UUID] | None = None
         while True:
-            batch = [(rid, pid) for rid, pid in await store.expired_batch(
-                self.db, policies, self.limits, now, self.batch_size + len(skipped))
-                if rid not in skipped][: self.batch_size]
+            batch = await store.expired_batch(self.db, policies, self.limits, now,
+                                              self.batch_size, after)
             if not batch:
                 break
-            for rid, pid in batch:
+            after = (batch[-1].started_at, batch[-1].recording_id)
+            for expired in batch:
+                rid, pid = expired.recording_id, expired.policy_id
                 why = (f"retention expired: policy {by_id[pid].name} ({by_id[pid].days} days)"
                        if pid in by_id else
                        f"retention expired: default ({self.limits.minimum_days} days)")
@@ -254,10 +255,8 @@ class RetentionService:
                                           now=self.clock(), source="retention")
                 except RecordingHeld:
                     held += 1  # a hold that came after the batch was read
-                    skipped.add(rid)
                 except (ErasureError, ValueError) as exc:
                     failed += 1
-                    skipped.add(rid)
                     log.error("retention_erase_failed", recording_id=str(rid),
                               error=type(exc).__name__)
                 else:

@@ -44,7 +44,9 @@ from tests.integration.test_recordings_api import (
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CUSTOMER = "+442079460000"
-CONFIG = Config(retention=RetentionConfig(default_days=365, floor_days=0, ceiling_days=3650),
+# Batches of two: every run here goes through several keyset pages.
+CONFIG = Config(retention=RetentionConfig(default_days=365, floor_days=0, ceiling_days=3650,
+                                          batch_size=2),
                 lifecycle=LifecycleConfig(scrypt_work_factor=10))
 
 
@@ -223,7 +225,7 @@ async def test_floor_keeps_everything_young_and_the_ceiling_caps_policies(
     db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     config = replace(CONFIG, retention=RetentionConfig(default_days=10, floor_days=30,
-                                                       ceiling_days=100))
+                                                       ceiling_days=100, batch_size=1))
     clock = FakeClock(NOW)
     services = lifecycle_services(db_pool, ring_of_one(), tmp_path, clock, config)
     ring = services.subjects.keys
