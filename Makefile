@@ -21,10 +21,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed system-deps
 install-dev: $(VENV)/.installed-dev system-deps test-deps
 
-# What the server needs to run: the PostgreSQL server binaries (embedded cluster), from Debian.
+# What the server needs to run, from Debian: the PostgreSQL server binaries (embedded cluster);
+# gpg and openssl, which encrypt subject-access bundles to OpenPGP keys and X.509 certificates.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+	@{ command -v gpg && command -v openssl; } >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
 # What only the tests need: SIPp (interop/load tests), from Debian.
 test-deps:

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from api.lifecycle_openapi import LIFECYCLE_PATHS, LIFECYCLE_SCHEMAS
+
 __all__ = ["OPENAPI_VERSION", "document", "setup_openapi"]
 
 OPENAPI_VERSION = "3.1.0"
@@ -365,6 +367,8 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("limit", "page size, 1 to 500 (default 50)",
                        schema={"type": "integer", "minimum": 1, "maximum": 500}),
                 _query("cursor", "next_cursor of the previous page (opaque)"),
+                _query("tag", "annotation tag (case-insensitive); all given must be on the "
+                              "recording", repeat=True),
                 _query("format", "json (default) or csv; Accept: text/csv also asks for CSV",
                        schema={"type": "string", "enum": ["json", "csv"]}),
             ],
@@ -391,7 +395,8 @@ PATHS: dict[str, dict[str, Any]] = {
         "delete": {
             "summary": "Erase a recording: its data key first (every copy of the file "
                        "becomes unreadable), then the file and the personal metadata; a "
-                       "tombstone stays (delete)",
+                       "tombstone stays (delete). 409 legal_hold while a legal hold keeps it "
+                       "(error.matters names the matters), 409 recording_active mid-call",
             "tags": ["recordings"],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": _ref("ErasureRequest")}}},
@@ -469,9 +474,9 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": {**PATHS, **LIFECYCLE_PATHS},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **LIFECYCLE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "POST /api/v1/auth/token"}},
         },

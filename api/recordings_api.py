@@ -2,7 +2,7 @@
 metadata, streamed decrypted playback with byte ranges, erasure, and pausing a live call.
 
     GET    /api/v1/recordings               search       ?participant= &number= &aor= &name=
-                                                         &call_id= &session_id= &state= &from=
+                                                         &tag= &call_id= &session_id= &state= &from=
                                                          &to= &limit= &cursor= [&format=csv:
                                                          export]
     GET    /api/v1/recordings/{id}          search       ?verify=true checks signature + file
@@ -33,6 +33,8 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
+from api.jobs_api import setup_jobs
+from api.lifecycle_api import setup_lifecycle
 from api.openapi import setup_openapi
 from api.security import audit_denied, principal_of, require
 from api.views import detail_view, recording_view, tombstone_view
@@ -42,7 +44,13 @@ from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata import normalize_aor
 from storage import search
 from storage.audit import AuditEvent, record_audit
-from storage.erasure import MAX_REASON_LENGTH, NoRecordingToErase, RecordingActive, erase_recording
+from storage.erasure import (
+    MAX_REASON_LENGTH,
+    NoRecordingToErase,
+    RecordingActive,
+    RecordingHeld,
+    erase_recording,
+)
 from storage.keys import KeyRing, KeyStoreError
 from storage.playback import RecordingUnreadable, open_recording
 from storage.recording_file import RecordingFileError
@@ -78,7 +86,7 @@ MAX_VALUE_LENGTH = 256
 MIN_NAME_LENGTH = 3  # shorter substrings cannot use the trigram index and match nearly all
 CSV_BATCH = 500
 _SEARCH_PARAMS = frozenset({"participant", "number", "aor", "name", "call_id", "session_id",
-                            "state", "from", "to", "limit", "cursor", "format"})
+                            "state", "from", "to", "limit", "cursor", "format", "tag"})
 
 
 def _not_found() -> ApiInputError:
@@ -171,6 +179,7 @@ def search_query(params: MultiMapping[str]) -> search.RecordingQuery:
         numbers=tuple(numbers),
         aors=tuple(aors),
         names=tuple(name.strip() for name in names),
+        tags=tuple(tag.strip().lower() for tag in _values(params, "tag")),
         call_id=_single(params, "call_id"),
         session_id=_single(params, "session_id"),
         states=tuple(states),
@@ -460,6 +469,16 @@ async def play_recording(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------------------ erasure
 
 
+def held_response(matters: list[str]) -> web.Response:
+    """409 naming the matters of the legal holds that keep a recording."""
+    return web.json_response({"error": {
+        "code": "legal_hold",
+        "message": f"the recording is under legal hold ({'; '.join(matters)}): it cannot be "
+                   "erased until the hold is released",
+        "matters": matters,
+    }}, status=409)
+
+
 @require(Permission.DELETE, action="recording.erase")
 async def erase(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
@@ -482,6 +501,10 @@ async def erase(request: web.Request) -> web.StreamResponse:
     except RecordingActive:
         raise ApiInputError("the call is still being recorded; erase it once it has ended",
                             status=409, code="recording_active") from None
+    except RecordingHeld as exc:
+        await _audit(request, principal, "recording.erase", target=str(recording_id),
+                     outcome="failure", details={"refused": "legal_hold"})
+        return held_response(exc.matters)
     log.info("recording_erased", recording_id=str(recording_id),
              already=erasure.already_erased)
     return web.json_response({"recording": tombstone_view(erasure.tombstone),
@@ -551,4 +574,6 @@ def setup_recordings(app: web.Application) -> None:
     router.add_delete("/api/v1/recordings/{id}", erase)
     router.add_post("/api/v1/calls/{ref}/pause", pause_call)
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
+    setup_lifecycle(app)
+    setup_jobs(app)
     setup_openapi(app)

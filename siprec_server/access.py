@@ -70,6 +70,14 @@ class Permission(StrEnum):
     AUDIT_READ = "audit.read"
     USERS_MANAGE = "users.manage"
     KEYS_MANAGE = "keys.manage"
+    RETENTION_MANAGE = "retention.manage"
+    """Retention policies and runs (a shortening change still needs a second holder)."""
+    HOLDS_MANAGE = "holds.manage"
+    """Legal holds (releasing one needs a second holder)."""
+    SUBJECTS_MANAGE = "subjects.manage"
+    """Data-subject requests: finding everything of a person, bundles, erasure."""
+    ANNOTATE = "annotate"
+    """Tags, comments and flags on recordings the user can see."""
 
 
 class Role(StrEnum):
@@ -83,7 +91,10 @@ class Role(StrEnum):
 P = Permission
 ROLES: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.SUPERVISOR: frozenset({P.SEARCH, P.PLAY, P.EXPORT, P.PAUSE}),
+    # Quality reviewers tag, comment on and flag the calls they listen to. Retention, holds and
+    # subject requests change what the company keeps or hands over: compliance officers'
+    # (admin) decisions, each dangerous one needing a second admin.
+    Role.SUPERVISOR: frozenset({P.SEARCH, P.PLAY, P.EXPORT, P.PAUSE, P.ANNOTATE}),
     # Reviews who did what and which recordings exist; never hears a call.
     Role.AUDITOR: frozenset({P.SEARCH, P.AUDIT_READ}),
     # Own recordings only: what "own" means is the agent's scope.

@@ -21,8 +21,10 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
+from api.views import detail_view
 from siprec_server.access import AccessError
 from siprec_server.config import (
     Config,
@@ -43,6 +45,7 @@ from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.accounts import ensure_bootstrap_admin
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.lifecycle import LifecycleServices, build_lifecycle
 from siprec_server.services.node import NodeMembership
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
@@ -122,6 +125,7 @@ class RunningServer:
     api_runner: web.AppRunner
     api_address: tuple[str, int]
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
+    lifecycle: LifecycleServices | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -130,6 +134,8 @@ class RunningServer:
     async def stop(self) -> None:
         log.info("shutting_down")
         try:
+            if self.lifecycle is not None:
+                await self.lifecycle.close()
             await self.recorder.shutdown()
             await self.media.close()
             await self.api_runner.cleanup()
@@ -307,8 +313,16 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         setup_identity(api, token_ttl_s=config.auth.token_ttl)
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = keys
+        lifecycle = build_lifecycle(db, config, keys=keys, node_id=node_id, data_dir=data_dir,
+                                    describe=detail_view)
+        api[LIFECYCLE_KEY] = lifecycle
         setup_recordings(api)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
+        metrics.register("siprec_retention", "Retention enforcement",
+                         lifecycle.retention.counters)
+        metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
+        assert lifecycle.runner is not None
+        metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
         metrics.register("siprec_database", "The database and its supervision",
                          database.counters)
         metrics.register("siprec_database_writes", "Writes that waited for the database",
@@ -338,7 +352,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         await database.close()
         raise
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
-                           api_address, bound)
+                           api_address, bound, lifecycle)
+    lifecycle.start()
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         " repeatable",
     )
     add.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    retention = commands.add_parser("retention", help="retention of recordings")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    run_retention = retention_commands.add_parser(
+        "run", help="erase every expired recording now (a JSON report per policy)")
+    run_retention.add_argument("--dry-run", action="store_true",
+                               help="only count what would be erased, per policy")
+    run_retention.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -174,6 +181,48 @@ async def _users_add(config: Config, args: argparse.Namespace, password: str | N
     return 0
 
 
+async def _retention_run(config: Config, dry_run: bool) -> int:
+    import json
+
+    from siprec_server.app import node_id_of
+    from siprec_server.services.database import open_command_database
+    from siprec_server.services.jobs import JobRunner
+    from siprec_server.services.lifecycle import build_lifecycle
+    from siprec_server.services.retention import RETENTION_JOB
+    from storage.audit import AuditEvent, record_audit
+
+    database = await open_command_database(config, "retention run")
+    try:
+        services = build_lifecycle(database.pool, config, keys=None, node_id=node_id_of(config),
+                                   data_dir=config.server.data_dir, background=False)
+        operator = _operator()
+        if dry_run:
+            report = await services.retention.dry_run()
+            await record_audit(database.pool, AuditEvent(
+                actor=operator, action="retention.dry_run", source="cli",
+                details={"total": report["total"], "held": report["held"]}))
+        else:
+            job = await services.retention.start_run(dry_run=False, actor=operator)
+            assert job is not None
+            runner = JobRunner(services.jobs, {RETENTION_JOB: services.retention.handle_job},
+                               services.retention.clock)
+            finished = None
+            while (ran := await runner.run_once()) is not None:
+                if ran.id == job.id:
+                    finished = ran
+                    break
+            if finished is None or finished.state != "done" or finished.result is None:
+                print(f"siprec-server: retention run {job.id} did not finish here "
+                      f"({'another node runs it' if finished is None else finished.error})",
+                      file=sys.stderr)
+                return 1
+            report = dict(finished.result)
+        print(json.dumps(report, indent=2))
+        return 0
+    finally:
+        await database.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -212,6 +261,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 print("siprec-server: no password on standard input", file=sys.stderr)
                 return 2
         return uvloop.run(_users_add(config, args, password))
+    if args.command == "retention" and args.retention_command == "run":
+        return uvloop.run(_retention_run(config, args.dry_run))
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

@@ -109,6 +109,23 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    enabled: bool = True
+    default_days: int = 365
+    floor_days: int = 0
+    ceiling_days: int = 3650
+    interval: int = 300
+    batch_size: int = 200
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    bundle_ttl_days: int = 30
+    scrypt_work_factor: int = 18
+    job_stale_after: int = 600
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     sip: SipConfig = field(default_factory=SipConfig)
@@ -116,6 +133,8 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +371,24 @@ def _validate(config: Config) -> None:
                 ipaddress.ip_address(value)
             except ValueError:
                 raise ConfigError(f"{name}: expected an IP address, got {value!r}") from None
+    retention = config.retention
+    if not 0 <= retention.floor_days <= retention.ceiling_days:
+        raise ConfigError("retention.floor_days/ceiling_days: need 0 <= floor <= ceiling")
+    if not retention.floor_days <= retention.default_days <= retention.ceiling_days:
+        raise ConfigError("retention.default_days: must lie between floor_days and ceiling_days")
+    if retention.default_days < 1:
+        raise ConfigError("retention.default_days: at least 1")
+    if retention.interval < 10:
+        raise ConfigError("retention.interval: at least 10 seconds")
+    if not 1 <= retention.batch_size <= 10000:
+        raise ConfigError("retention.batch_size: 1 to 10000")
+    lifecycle = config.lifecycle
+    if lifecycle.bundle_ttl_days < 1:
+        raise ConfigError("lifecycle.bundle_ttl_days: at least 1")
+    if not 10 <= lifecycle.scrypt_work_factor <= 22:
+        raise ConfigError("lifecycle.scrypt_work_factor: 10 to 22 (age's default is 18)")
+    if lifecycle.job_stale_after < 60:
+        raise ConfigError("lifecycle.job_stale_after: at least 60 seconds")
     if config.auth.token_ttl < 60:
         raise ConfigError("auth.token_ttl: at least 60 seconds")
     try:

@@ -7,10 +7,14 @@ The order is what makes it an erasure of every copy:
    and every copy of it in backups or replicas — is ciphertext nobody can open: the data key
    existed nowhere else.
 2. The file is unlinked (hygiene; the key is already gone).
-3. The personal metadata goes: participants, the metadata event log (the rs-metadata XML),
+3. The personal metadata goes: participants, the metadata event log (the rs-metadata XML) and
+   what was extracted from it (src_metadata), annotations (tags, comments, flags),
    streams' remote addresses and senders, Call-ID, session ids, SRC address, dialog id, the
    signed summary (it names the Call-ID) and the channels' participant ids. What stays is a
    tombstone: id, start/end times, duration, state 'erased', erased_at, erased_by, reason.
+
+A recording that an active legal hold keeps is not erased by any caller: `RecordingHeld` names
+the matters (storage/holds.py; checked under the lock that orders holds and erasures).
 
 A crash between the steps leaves `erased_at` set on a row not yet 'erased';
 `erase_recording` finishes it when called again (`unfinished_erasures` lists them), so the API,
@@ -30,12 +34,14 @@ from uuid import UUID
 import asyncpg
 
 from storage.audit import AuditEvent, record_audit
+from storage.holds import held_matters, lock_against_new_holds
 
 __all__ = [
     "Erasure",
     "ErasureError",
     "NoRecordingToErase",
     "RecordingActive",
+    "RecordingHeld",
     "Tombstone",
     "erase_recording",
     "unfinished_erasures",
@@ -54,6 +60,14 @@ class NoRecordingToErase(ErasureError):
 
 class RecordingActive(ErasureError):
     """Still being recorded: stop the call (or wait for its end) first."""
+
+
+class RecordingHeld(ErasureError):
+    """An active legal hold keeps the recording."""
+
+    def __init__(self, recording_id: UUID, matters: list[str]) -> None:
+        super().__init__(f"recording {recording_id} is under legal hold: {', '.join(matters)}")
+        self.matters = matters
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +106,15 @@ async def erase_recording(
 ) -> Erasure:
     """Erase one recording (see the module docstring); harmless on an erased one.
 
-    NoRecordingToErase, RecordingActive (state offered/recording); ValueError for an empty or
-    over-long reason."""
+    NoRecordingToErase, RecordingActive (state offered/recording), RecordingHeld (a legal hold
+    keeps it); ValueError for an empty or over-long reason."""
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
         raise ValueError(f"a reason of 1 to {MAX_REASON_LENGTH} characters is required")
     async with db.acquire() as conn:
         async with conn.transaction():
+            # Before the row lock: a hold being created locks in the other order.
+            await lock_against_new_holds(conn)
             row = await conn.fetchrow(
                 """SELECT id, state, file_path, started_at, ended_at, duration_ms, erased_at,
                           erased_by, erasure_reason
@@ -113,6 +129,10 @@ async def erase_recording(
                 return Erasure(_tombstone(row), already_erased=True)
             if row["state"] in ("offered", "recording"):
                 raise RecordingActive(f"recording {recording_id} is {row['state']}")
+            if row["erased_at"] is None:  # a resumed erasure has no key left to keep
+                matters = await held_matters(conn, recording_id)
+                if matters:
+                    raise RecordingHeld(recording_id, matters)
             # Step 1: the key, in its own committed transaction, with the audit event.
             await conn.execute("DELETE FROM recording_keys WHERE recording_id = $1", recording_id)
             if row["erased_at"] is None:  # a resumed erasure keeps its first stamp
@@ -132,6 +152,7 @@ async def erase_recording(
             await conn.execute("DELETE FROM participants WHERE recording_id = $1", recording_id)
             await conn.execute("DELETE FROM metadata_events WHERE recording_id = $1",
                                recording_id)
+            await conn.execute("DELETE FROM annotations WHERE recording_id = $1", recording_id)
             await conn.execute(
                 """UPDATE streams SET remote_address = NULL, remote_port = NULL, senders = '{}'
                    WHERE recording_id = $1""",
@@ -144,7 +165,8 @@ async def erase_recording(
                 """UPDATE recordings SET state = 'erased', call_id = NULL, dialog_id = NULL,
                        sip_session_id = NULL, session_id = NULL, src_address = NULL,
                        summary = NULL, signature = NULL, file_path = NULL,
-                       plaintext_sha256 = NULL, ciphertext_sha256 = NULL, channels = $2
+                       plaintext_sha256 = NULL, ciphertext_sha256 = NULL, channels = $2,
+                       src_metadata = '{}'
                    WHERE id = $1
                    RETURNING id, started_at, ended_at, duration_ms, erased_at, erased_by,
                              erasure_reason""",

@@ -113,6 +113,8 @@ class RecordingQuery:
     """Lower-cased normalised AORs; compared with lower(participants.aor)."""
     names: tuple[str, ...] = ()
     """Case-insensitive substrings of a participant's name."""
+    tags: tuple[str, ...] = ()
+    """Annotation tags (case-insensitive); every one must be on the recording."""
     call_id: str | None = None
     session_id: str | None = None
     states: tuple[str, ...] = ()
@@ -146,6 +148,7 @@ class RecordingQuery:
             ("number", bool(self.numbers)),
             ("aor", bool(self.aors)),
             ("name", bool(self.names)),
+            ("tag", bool(self.tags)),
             ("call_id", self.call_id is not None),
             ("session_id", self.session_id is not None),
             ("state", bool(self.states)),
@@ -243,7 +246,8 @@ def _page_in_participants(
     orders them, so the newest limit + 1 distinct recordings can be picked there, and only
     those rows of recordings are read. Joining every match to recordings first and sorting
     afterwards costs a row lookup per match (thousands for an agent's own calls)."""
-    if query.names or query.call_id is not None or query.session_id is not None or query.states:
+    if (query.names or query.tags or query.call_id is not None or query.session_id is not None
+            or query.states):
         return None
     if scope is not None:
         if scope == "FALSE" or query.numbers or query.aors:
@@ -293,6 +297,11 @@ def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list
         where.append(
             "r.id IN (SELECT p.recording_id FROM participants p "
             f"WHERE lower(p.name) LIKE {st.param(like_substring(name))})"
+        )
+    for tag in query.tags:
+        where.append(
+            "r.id IN (SELECT a.recording_id FROM annotations a "
+            f"WHERE a.kind = 'tag' AND lower(a.value) = {st.param(tag.lower())})"
         )
     if query.call_id is not None:
         where.append(f"r.call_id = {st.param(query.call_id)}")

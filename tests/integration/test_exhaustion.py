@@ -277,6 +277,18 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
+async def ended(srv: RunningServer, recording_id: object) -> dict[str, object]:
+    """The recording's row once the hang-up has been stored (it follows the BYE closely)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        row = await recordings.get_recording(srv.db, recording_id)  # type: ignore[arg-type]
+        if row is not None and row["state"] != "recording" and row["signature"] is not None:
+            return row
+        assert loop.time() < deadline, row and row["state"]
+        await asyncio.sleep(0.1)
+
+
 async def wait_for(condition: object, timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -306,8 +318,7 @@ async def test_below_the_free_space_floor_calls_are_sealed_and_new_ones_refused(
         assert refused.status == 503 and refused.headers.get("Retry-After")
 
         [recording_id] = await recordings.find_by_call_id(srv.db, dialog.call_id)
-        row = await recordings.get_recording(srv.db, recording_id)
-        assert row is not None
+        row = await ended(srv, recording_id)
         assert row["state"] == "interrupted" and row["end_reason"] == "disk space low"
         assert row["signature"] is not None and 1000 <= row["duration_ms"] <= 3000
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,16 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from api.lifecycle_api import LIFECYCLE_KEY
 from api.openapi import document
 from siprec_server.services.accounts import create_account
 from storage.audit import verify_audit_chain
 from storage.keys import KeyRing
+from tests.integration.test_lifecycle_api import (
+    FakeClock,
+    exercise_lifecycle_endpoints,
+    lifecycle_services,
+)
 from tests.integration.test_recordings_api import (
     AGENT,
     CHEAP,
@@ -131,9 +137,10 @@ def test_every_route_is_documented_and_every_documented_operation_exists() -> No
 
 
 class Checker:
-    def __init__(self, client: Client, ring: KeyRing) -> None:
+    def __init__(self, client: Client, ring: KeyRing, services: Any = None) -> None:
         self.client = client
         self.ring = ring
+        self.services = services
         self.doc = document()
         self.checked: set[tuple[str, str, int]] = set()
 
@@ -162,10 +169,13 @@ class Checker:
 @pytest.fixture
 async def checker(db_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Checker]:
     ring = ring_of_one()
-    client: Client = TestClient(TestServer(recording_app(db_pool, keys=ring)))
+    app = recording_app(db_pool, keys=ring)
+    services = lifecycle_services(db_pool, ring, tmp_path, FakeClock(datetime.now(UTC)))
+    app[LIFECYCLE_KEY] = services
+    client: Client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Checker(client, ring)
+        yield Checker(client, ring, services)
     finally:
         await client.close()
         assert (await verify_audit_chain(db_pool)).ok
@@ -232,6 +242,8 @@ async def test_real_responses_match_the_document(
     await c("GET", "/api/v1/recordings/{id}/audio", f"/api/v1/recordings/{rid}/audio", admin)
     await c("DELETE", "/api/v1/recordings/{id}", f"/api/v1/recordings/{rid}", admin,
             json={"nope": 1})
+
+    await exercise_lifecycle_endpoints(c, db_pool, ring, tmp_path, checker.services, admin)
 
     await c("GET", "/healthz", "/healthz", None)
     metrics = await c("GET", "/metrics", "/metrics", None)

@@ -47,8 +47,9 @@ def principal(role: str, *scopes: str) -> Principal:
     ("role", "allowed"),
     [
         ("admin", {"search", "play", "export", "delete", "pause", "audit.read", "users.manage",
-                   "keys.manage"}),
-        ("supervisor", {"search", "play", "export", "pause"}),
+                   "keys.manage", "retention.manage", "holds.manage", "subjects.manage",
+                   "annotate"}),
+        ("supervisor", {"search", "play", "export", "pause", "annotate"}),
         ("auditor", {"search", "audit.read"}),
         ("agent", {"search", "play"}),
         ("integration", {"pause"}),

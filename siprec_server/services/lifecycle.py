@@ -1,0 +1,81 @@
+"""The lifecycle services of one node, built from the config: the job store and runner, the
+retention service and its scheduler, and the subject-request service. The composition root
+(siprec_server/app.py) starts and stops them; the API and the command line use them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from siprec_server.compliance.retention import RetentionLimits
+from siprec_server.config import Config
+from siprec_server.services.jobs import Clock, JobRunner
+from siprec_server.services.retention import RETENTION_JOB, RetentionScheduler, RetentionService
+from siprec_server.services.subjects import SUBJECT_JOBS, RecordingRenderer, SubjectService
+from storage.jobs import JobStore, PgJobStore
+from storage.keys import KeyRing
+
+__all__ = ["LifecycleServices", "build_lifecycle", "limits_of"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def limits_of(config: Config) -> RetentionLimits:
+    r = config.retention
+    return RetentionLimits(r.default_days, r.floor_days, r.ceiling_days)
+
+
+@dataclass
+class LifecycleServices:
+    jobs: JobStore
+    retention: RetentionService
+    subjects: SubjectService
+    runner: JobRunner | None = None
+    scheduler: RetentionScheduler | None = None
+
+    def start(self) -> None:
+        if self.runner is not None:
+            self.runner.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        if self.runner is not None:
+            await self.runner.close()
+
+
+def build_lifecycle(db: asyncpg.Pool, config: Config, *, keys: KeyRing | None, node_id: str,
+                    data_dir: Path, clock: Clock | None = None,
+                    background: bool = True,
+                    jobs: JobStore | None = None,
+                    describe: RecordingRenderer | None = None) -> LifecycleServices:
+    """The services; with `background`, also the job runner and (when retention is enabled)
+    the scheduler, to be started with .start()."""
+    now: Callable[[], datetime] = clock or _utc_now
+    store = jobs or PgJobStore(db)
+    retention = RetentionService(db, store, limits_of(config), now,
+                                 batch_size=config.retention.batch_size)
+    subjects = SubjectService(db, store, limits_of(config), now, data_dir / "bundles",
+                              keys=keys, node_id=node_id,
+                              scrypt_work_factor=config.lifecycle.scrypt_work_factor,
+                              describe=describe)
+    services = LifecycleServices(store, retention, subjects)
+    if background:
+        services.runner = JobRunner(
+            store, {RETENTION_JOB: retention.handle_job,
+                    **{kind: subjects.handle_job for kind in SUBJECT_JOBS}},
+            now, stale_after=timedelta(seconds=config.lifecycle.job_stale_after))
+        if config.retention.enabled:
+            bundle_ttl = timedelta(days=config.lifecycle.bundle_ttl_days)
+            services.scheduler = RetentionScheduler(
+                retention, config.retention.interval,
+                housekeeping=lambda: subjects.expire_bundles(bundle_ttl))
+    return services
