@@ -31,7 +31,7 @@ from uuid import UUID
 from aiohttp import web
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
-from api.security import TOKEN_HASH, authenticate, principal_of, require
+from api.security import TOKEN_HASH, TOKEN_IDLE_KEY, authenticate, principal_of, require
 from api.views import audit_event_view, rfc3339, user_view
 from siprec_server.access import (
     DEFAULT_PASSWORD_HASHING,
@@ -47,7 +47,7 @@ from siprec_server.access import (
     validate_scopes,
 )
 from siprec_server.logs import get_logger
-from siprec_server.services.accounts import create_account
+from siprec_server.services.accounts import AccountNotFound, change_account, create_account
 from storage import users
 from storage.audit import AuditEvent, AuditQuery, read_audit, record_audit
 
@@ -63,6 +63,9 @@ _T = TypeVar("_T")
 MAX_AUDIT_PAGE = 500
 DEFAULT_AUDIT_PAGE = 100
 _HASHING_SLOTS = 2  # concurrent argon2 computations (each 64 MiB and a core for ~0.1 s)
+_HASHING_QUEUE = 32
+"""Logins that may wait for a hashing slot; beyond, 503 at once (a login flood must not queue
+without bound, holding memory and connections, while real users time out behind it)."""
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Identity:
     hashing: PasswordHashing
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_HASHING_SLOTS))
     _dummy_hash: str | None = None
+    waiting: int = 0
+    refused: int = 0
+    """Logins answered 503 because the hashing queue was full."""
 
     async def hash(self, password: str) -> str:
         return await self._run(self.hashing.hash, password)
@@ -88,9 +94,17 @@ class Identity:
         return await self._run(self.hashing.verify, stored_hash, password)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
-        # argon2-cffi releases the GIL: threads give real parallelism and keep the loop free.
-        async with self._slots:
-            return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+        if self.waiting >= _HASHING_QUEUE:
+            self.refused += 1
+            raise ApiInputError("too many logins at once; try again in a moment", status=503,
+                                code="busy", headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            # argon2-cffi releases the GIL: threads give real parallelism and keep the loop free.
+            async with self._slots:
+                return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+        finally:
+            self.waiting -= 1
 
 
 IDENTITY_KEY = web.AppKey("identity", Identity)
@@ -100,6 +114,7 @@ def setup_identity(
     app: web.Application,
     *,
     token_ttl_s: int = 28800,
+    idle_timeout_s: int | None = 900,
     policy: LoginPolicy | None = None,
     password_hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
 ) -> None:
@@ -111,6 +126,8 @@ def setup_identity(
     app[IDENTITY_KEY] = Identity(
         timedelta(seconds=token_ttl_s), policy or LoginPolicy(), password_hashing
     )
+    if idle_timeout_s:
+        app[TOKEN_IDLE_KEY] = timedelta(seconds=idle_timeout_s)
     app.middlewares.append(authenticate)
     router = app.router
     router.add_post("/api/v1/auth/token", login)
@@ -368,7 +385,9 @@ async def update_user(request: web.Request) -> web.StreamResponse:
     if "unlock" in body and body["unlock"] is not True:
         raise ApiInputError("unlock can only be true")
     if "password" in body:
-        clear = validate_password(body["password"])
+        target = await users.find_user(request.app[DB_KEY], user_id)
+        clear = validate_password(body["password"],
+                                  username=target.username if target else None)
         changes["password_hash"] = await request.app[IDENTITY_KEY].hash(clear)
     return await _change_user(
         request, principal, user_id, changes, unlock="unlock" in body, action="users.update"
@@ -393,52 +412,17 @@ async def _change_user(
     unlock: bool,
     action: str,
 ) -> web.StreamResponse:
-    now = datetime.now(UTC)
-    source = _source(request)
-    async with request.app[DB_KEY].acquire() as conn, conn.transaction():
-        try:
-            result = await users.update_user(conn, user_id, now=now, unlock=unlock, **changes)
-        except users.LastAdminError:
-            raise ApiInputError(
-                "this would leave no enabled administrator", status=409, code="last_admin"
-            ) from None
-        if result is None:
-            raise ApiInputError("no such user", status=404, code="not_found")
-        before, after = result
-        await record_audit(conn, AuditEvent(
-            actor=str(principal.user_id), action=action, target=str(user_id), source=source,
-            details={"changes": _describe_changes(before, after, changes, unlock)},
-        ))
-        # A reset password or a disabled account ends every session it had.
-        revoke_reason = (
-            "password_reset" if "password_hash" in changes
-            else "user_disabled" if after.disabled and not before.disabled
-            else None
-        )
-        if revoke_reason is not None:
-            count = await users.revoke_user_tokens(conn, user_id, now)
-            await record_audit(conn, AuditEvent(
-                actor=str(principal.user_id), action="auth.token_revoked", target=str(user_id),
-                source=source, details={"reason": revoke_reason, "count": count},
-            ))
-    return web.json_response({"user": user_view(after, now)})
-
-
-def _describe_changes(
-    before: users.User, after: users.User, changes: Mapping[str, Any], unlock: bool
-) -> dict[str, Any]:
-    described: dict[str, Any] = {}
-    if "role" in changes:
-        described["role"] = {"from": before.role, "to": after.role}
-    if "scopes" in changes:
-        described["scopes"] = {"from": list(before.scopes), "to": list(after.scopes)}
-    if "disabled" in changes:
-        described["disabled"] = {"from": before.disabled, "to": after.disabled}
-    if "password_hash" in changes:
-        described["password"] = "reset"  # never the password or its hash
-    if unlock:
-        described["unlocked"] = True
-    return described
+    try:
+        after = await change_account(
+            request.app[DB_KEY], actor=str(principal.user_id), user_id=user_id,
+            changes=changes, unlock=unlock, action=action, source=_source(request))
+    except users.LastAdminError:
+        raise ApiInputError(
+            "this would leave no enabled administrator", status=409, code="last_admin"
+        ) from None
+    except AccountNotFound:
+        raise ApiInputError("no such user", status=404, code="not_found") from None
+    return web.json_response({"user": user_view(after, datetime.now(UTC))})
 
 
 # --- audit trail ------------------------------------------------------------------------------

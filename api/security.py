@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 """request[PRINCIPAL]: the Principal of an authenticated request (use principal_of)."""
 TOKEN_HASH = web.RequestKey("token_hash", bytes)
 """request[TOKEN_HASH]: the SHA-256 digest of the bearer token used (to revoke it)."""
+TOKEN_IDLE_KEY = web.AppKey("token_idle", timedelta)
+"""app[TOKEN_IDLE_KEY]: a token unused this long is dead (PCI DSS 8.2.8: 15 minutes)."""
 
 PUBLIC_API_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
@@ -84,11 +86,12 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     except AccessError:
         digest = None
     if digest is not None:
-        owner = await users.resolve_token(request.app[DB_KEY], digest, now)
+        owner = await users.resolve_token(request.app[DB_KEY], digest, now,
+                                          request.app.get(TOKEN_IDLE_KEY))
     if owner is None or digest is None:
         return _unauthorized(
             "invalid_token",
-            "the token is invalid, expired or revoked",
+            "the token is invalid, expired (or idle too long) or revoked: log in again",
             f'{_REALM}, error="invalid_token"',
         )
     user = owner.user

@@ -19,6 +19,7 @@ patterns means unrestricted, except for agents, who then see nothing.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -319,7 +320,10 @@ def validate_username(text: object) -> str:
     return text
 
 
-def validate_password(text: object) -> str:
+def validate_password(text: object, *, username: str | None = None) -> str:
+    """PCI DSS 8.3.6 and NIST SP 800-63B 5.1.1.2: at least 12 characters, not a commonly used
+    or easily guessed password (zxcvbn's list of 30,000 common passwords and its estimate of the
+    guesses needed), and not the account's own name."""
     if not isinstance(text, str):
         raise AccessError("the password must be a string")
     if not MIN_PASSWORD_LENGTH <= len(text) <= MAX_PASSWORD_LENGTH:
@@ -328,7 +332,30 @@ def validate_password(text: object) -> str:
         )
     if "\x00" in text:
         raise AccessError("the password must not contain NUL")
+    folded = text.casefold()
+    if folded in _common_passwords():
+        raise AccessError("this password is one of the most commonly used: choose another")
+    if username and len(username) >= 3 and username.casefold() in folded:
+        raise AccessError("the password must not contain the user name")
+    from zxcvbn import zxcvbn  # imported here: its dictionaries take a moment to load
+
+    estimate = zxcvbn(text[:100], user_inputs=[username] if username else [])
+    if estimate["score"] < MIN_PASSWORD_SCORE:
+        hint = estimate["feedback"].get("warning") or "it would be guessed quickly"
+        raise AccessError(f"this password is too easy to guess ({hint.rstrip('.')}); "
+                          "a few unrelated words make a strong one")
     return text
+
+
+MIN_PASSWORD_SCORE = 3
+"""zxcvbn's 0-4 scale; 3 = "safely unguessable: moderate protection from offline attacks"."""
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(word.casefold() for word in FREQUENCY_LISTS["passwords"])
 
 
 def generate_password() -> str:

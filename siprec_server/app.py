@@ -12,7 +12,7 @@ import socket
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -25,7 +25,7 @@ from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from api.views import detail_view
-from siprec_server.access import AccessError
+from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
     Config,
     ConfigError,
@@ -310,7 +310,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         )
         api_host, api_port = parse_host_port(config.api.listen)
         api = create_api(db=db, writes=writes)
-        setup_identity(api, token_ttl_s=config.auth.token_ttl)
+        setup_identity(api, token_ttl_s=config.auth.token_ttl,
+                       idle_timeout_s=config.auth.idle_timeout,
+                       policy=LoginPolicy(max_failures=config.auth.max_failed_logins,
+                                          lockout=timedelta(minutes=config.auth.lockout_minutes)))
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = keys
         lifecycle = build_lifecycle(db, config, keys=keys, node_id=node_id, data_dir=data_dir,

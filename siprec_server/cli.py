@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from datetime import UTC, datetime
 
 import uvloop
 
+from siprec_server import cli_users
 from siprec_server.config import Config, ConfigError, StartupError, load_config
 from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
@@ -33,23 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--audit", action="store_true", help="the audit trail's hash chain")
     verify.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     users = commands.add_parser("users", help="API accounts")
-    users_commands = users.add_subparsers(dest="users_command", required=True)
-    add = users_commands.add_parser(
-        "add", help="create an account (a generated password is printed once)"
-    )
-    add.add_argument("name", help="the login name")
-    add.add_argument(
-        "--role", required=True, help="admin, supervisor, auditor, agent or integration"
-    )
-    add.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
-    )
-    add.add_argument(
-        "--scope", action="append", default=[], metavar="PATTERN",
-        help='restrict to numbers ("+4420794600*", "2001") or AORs ("sip:*@sales.example.com");'
-        " repeatable",
-    )
-    add.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    cli_users.add_parsers(users, _config_option)
     retention = commands.add_parser("retention", help="retention of recordings")
     retention_commands = retention.add_subparsers(dest="retention_command", required=True)
     run_retention = retention_commands.add_parser(
@@ -62,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
 
 
 def _config(path: str | None) -> Config:
@@ -123,64 +111,6 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
         await database.close()
 
 
-def _operator() -> str:
-    """Who ran the command, for the audit trail."""
-    try:
-        return "cli:" + getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
-
-
-async def _users_add(config: Config, args: argparse.Namespace, password: str | None) -> int:
-    from siprec_server.access import (
-        AccessError,
-        validate_password,
-        validate_role,
-        validate_scopes,
-        validate_username,
-    )
-
-    try:  # before starting anything: a typo is answered at once
-        validate_username(args.name)
-        validate_role(args.role)
-        validate_scopes(args.scope)
-        if password is not None:
-            validate_password(password)
-    except AccessError as exc:
-        print(f"siprec-server: {exc}", file=sys.stderr)
-        return 2
-
-    from siprec_server.services.accounts import create_account
-    from siprec_server.services.database import open_command_database
-    from storage.users import UsernameTakenError
-
-    database = await open_command_database(config, "users add")
-    try:
-        user, generated = await create_account(
-            database.pool,
-            actor=_operator(),
-            username=args.name,
-            role=args.role,
-            scopes=args.scope,
-            password=password,
-            source="cli",
-        )
-    except AccessError as exc:
-        print(f"siprec-server: {exc}", file=sys.stderr)
-        return 2
-    except UsernameTakenError as exc:
-        print(f"siprec-server: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await database.close()
-    assert user is not None
-    print(f"created user {user.username} ({user.role}) id {user.id}")
-    if generated is not None:
-        # The only time this password is shown; it is stored only as an argon2id hash.
-        print(f"password: {generated}")
-    return 0
-
-
 async def _retention_run(config: Config, dry_run: bool) -> int:
     import json
 
@@ -195,7 +125,7 @@ async def _retention_run(config: Config, dry_run: bool) -> int:
     try:
         services = build_lifecycle(database.pool, config, keys=None, node_id=node_id_of(config),
                                    data_dir=config.server.data_dir, background=False)
-        operator = _operator()
+        operator = cli_users.operator()
         if dry_run:
             report = await services.retention.dry_run()
             await record_audit(database.pool, AuditEvent(
@@ -253,14 +183,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.command == "verify":
         return uvloop.run(_verify(config, args))
-    if args.command == "users" and args.users_command == "add":
-        password = None
-        if args.password_stdin:
-            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-            if not password:
-                print("siprec-server: no password on standard input", file=sys.stderr)
-                return 2
-        return uvloop.run(_users_add(config, args, password))
+    if args.command == "users":
+        return uvloop.run(cli_users.run(config, args))
     if args.command == "retention" and args.retention_command == "run":
         return uvloop.run(_retention_run(config, args.dry_run))
     if args.command == "db" and args.db_command == "migrate":

@@ -106,6 +106,9 @@ class ApiConfig:
 class AuthConfig:
     bootstrap_admin: str = "admin"
     token_ttl: int = 28800
+    idle_timeout: int = 900
+    max_failed_logins: int = 5
+    lockout_minutes: int = 30
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("lifecycle.job_stale_after: at least 60 seconds")
     if config.auth.token_ttl < 60:
         raise ConfigError("auth.token_ttl: at least 60 seconds")
+    if not 60 <= config.auth.idle_timeout <= 900:
+        raise ConfigError("auth.idle_timeout: 60 to 900 seconds (PCI DSS 8.2.8: at most 15 "
+                          "minutes idle)")
+    if not 1 <= config.auth.max_failed_logins <= 10:
+        raise ConfigError("auth.max_failed_logins: 1 to 10 (PCI DSS 8.3.4)")
+    if config.auth.lockout_minutes < 30:
+        raise ConfigError("auth.lockout_minutes: at least 30 (PCI DSS 8.3.4)")
     try:
         parse_host_port(config.api.listen)
     except ValueError as exc:

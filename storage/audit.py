@@ -138,6 +138,10 @@ class StoredAuditEvent:
     details: Mapping[str, Any]
     prev_hash: bytes
     hash: bytes
+    actor_name: str | None = None
+    """The user name when the actor is an account (events name users by id, which outlives a
+    rename; the reader shows who that is)."""
+    target_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,8 @@ async def read_audit(db: asyncpg.Pool | asyncpg.Connection, query: AuditQuery) -
     """One page of the events matching `query`."""
     sql, params = audit_sql(query)
     rows = await db.fetch(sql, *params)
+    names = await _user_names(db, [v for r in rows[: query.limit]
+                                   for v in (r["actor"], r["target"])])
     events = []
     for row in rows[: query.limit]:
         details = row["details"]
@@ -188,8 +194,26 @@ async def read_audit(db: asyncpg.Pool | asyncpg.Connection, query: AuditQuery) -
             seq=row["seq"], at=row["at"], actor=row["actor"], action=row["action"],
             target=row["target"], source=row["source"], outcome=row["outcome"],
             details=details, prev_hash=bytes(row["prev_hash"]), hash=bytes(row["hash"]),
+            actor_name=names.get(row["actor"]), target_name=names.get(row["target"] or ""),
         ))
     return AuditPage(events, more=len(rows) > query.limit)
+
+
+async def _user_names(db: asyncpg.Pool | asyncpg.Connection,
+                      values: list[str | None]) -> dict[str, str]:
+    """User names of the values that are account ids (users are never deleted)."""
+    ids = set()
+    for value in values:
+        if value and len(value) == 36:
+            try:
+                ids.add(UUID(value))
+            except ValueError:
+                continue
+    if not ids:
+        return {}
+    rows = await db.fetch("SELECT id, username FROM users WHERE id = ANY($1::uuid[])",
+                          list(ids))
+    return {str(row["id"]): row["username"] for row in rows}
 
 
 # ------------------------------------------------------------------------------ verification

@@ -361,18 +361,21 @@ async def issue_token(
     return IssuedToken(token_hash, expires_at)
 
 
-async def resolve_token(db: Executor, token_hash: bytes, now: datetime) -> TokenOwner | None:
-    """The owner of a live token (not expired, not revoked, user not disabled), recording its
-    use; None otherwise."""
+async def resolve_token(db: Executor, token_hash: bytes, now: datetime,
+                        idle: timedelta | None = None) -> TokenOwner | None:
+    """The owner of a live token (not expired, not revoked, not idle longer than `idle`, user
+    not disabled), recording its use; None otherwise."""
     row = await db.fetchrow(
         f"""UPDATE api_tokens t SET last_used_at = $2
             FROM users u
             WHERE t.token_hash = $1 AND t.user_id = u.id AND t.revoked_at IS NULL
               AND t.expires_at > $2 AND NOT u.disabled
+              AND ($3::interval IS NULL OR COALESCE(t.last_used_at, t.created_at) > $2 - $3)
             RETURNING t.expires_at AS token_expires_at,
                       {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))}""",
         token_hash,
         now,
+        idle,
     )
     if row is None:
         return None

@@ -1,11 +1,15 @@
-"""API accounts: creating one (the CLI's `users add`, `POST /api/v1/users`) and the bootstrap
-administrator of a fresh database (start-up). Validation, hashing, the row and its audit event
-happen together, whoever asks."""
+"""API accounts: creating one (the CLI's `users add`, `POST /api/v1/users`), changing one (role,
+scopes, password, unlock, disable: `users passwd|unlock|disable`, `PATCH|DELETE
+/api/v1/users/{id}`) and the bootstrap administrator of a fresh database (start-up).
+Validation, hashing, the row and its audit events happen together, whoever asks."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -23,7 +27,7 @@ from siprec_server.logs import get_logger
 from storage import users
 from storage.audit import AuditEvent, record_audit
 
-__all__ = ["create_account", "ensure_bootstrap_admin"]
+__all__ = ["AccountNotFound", "change_account", "create_account", "ensure_bootstrap_admin"]
 
 log = get_logger("accounts")
 
@@ -49,7 +53,7 @@ async def create_account(
     generated = None
     if password is None:
         generated = password = generate_password()
-    clear = validate_password(password)
+    clear = validate_password(password, username=name)
     password_hash = await asyncio.get_running_loop().run_in_executor(None, hashing.hash, clear)
     async with db.acquire() as conn, conn.transaction():
         user = await users.create_user(
@@ -107,3 +111,76 @@ async def ensure_bootstrap_admin(
     if user is not None:
         log.warning("bootstrap_admin_created", user_id=str(user.id))
     return generated
+
+
+class AccountNotFound(LookupError):
+    """No account with that id or name."""
+
+
+async def change_account(
+    db: asyncpg.Pool,
+    *,
+    actor: str,
+    user_id: UUID,
+    changes: Mapping[str, Any],
+    unlock: bool = False,
+    action: str = "users.update",
+    source: str | None = None,
+) -> users.User:
+    """Apply `changes` (role, scopes, disabled, password_hash) and/or unlock, audited in the
+    same transaction; a reset password or a disabled account ends every token it had.
+    AccountNotFound; users.LastAdminError when no enabled administrator would be left."""
+    now = datetime.now(UTC)
+    async with db.acquire() as conn, conn.transaction():
+        result = await users.update_user(conn, user_id, now=now, unlock=unlock, **changes)
+        if result is None:
+            raise AccountNotFound("no such user")
+        before, after = result
+        await record_audit(conn, AuditEvent(
+            actor=actor, action=action, target=str(user_id), source=source,
+            details={"username": after.username,
+                     "changes": _describe_changes(before, after, changes, unlock)},
+        ))
+        revoke_reason = (
+            "password_reset" if "password_hash" in changes
+            else "user_disabled" if after.disabled and not before.disabled
+            else None
+        )
+        if revoke_reason is not None:
+            count = await users.revoke_user_tokens(conn, user_id, now)
+            await record_audit(conn, AuditEvent(
+                actor=actor, action="auth.token_revoked", target=str(user_id), source=source,
+                details={"reason": revoke_reason, "count": count},
+            ))
+    return after
+
+
+async def account_by_name(db: asyncpg.Pool, username: str) -> users.User:
+    user = await users.find_user_by_name(db, username)
+    if user is None:
+        raise AccountNotFound(f"no user {username!r}")
+    return user
+
+
+async def hash_password(password: object, *, username: str | None = None,
+                        hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING) -> str:
+    """Validate a new password against the policy, then hash it (off the event loop)."""
+    clear = validate_password(password, username=username)
+    return await asyncio.get_running_loop().run_in_executor(None, hashing.hash, clear)
+
+
+def _describe_changes(
+    before: users.User, after: users.User, changes: Mapping[str, Any], unlock: bool
+) -> dict[str, Any]:
+    described: dict[str, Any] = {}
+    if "role" in changes:
+        described["role"] = {"from": before.role, "to": after.role}
+    if "scopes" in changes:
+        described["scopes"] = {"from": list(before.scopes), "to": list(after.scopes)}
+    if "disabled" in changes:
+        described["disabled"] = {"from": before.disabled, "to": after.disabled}
+    if "password_hash" in changes:
+        described["password"] = "reset"  # never the password or its hash
+    if unlock:
+        described["unlocked"] = True
+    return described

@@ -27,7 +27,7 @@ from storage.audit import verify_audit_chain
 # Real argon2id, cheaper than production so that dozens of logins stay fast.
 CHEAP = PasswordHashing(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 NO_DELAY = LoginPolicy(delay_base_s=0)
-ADMIN_PASSWORD = "bootstrap-admin-secret"
+ADMIN_PASSWORD = "bootstrap secret of the tests"
 PASSWORD = "a long enough password"
 
 Client = TestClient[web.Request, web.Application]
@@ -462,8 +462,12 @@ async def test_audit_listing_filters_and_pages_by_cursor(api: Api) -> None:
     page = await listing(target=auditor, action="users.create")
     assert len(page["items"]) == 1 and page["items"][0]["details"]["username"] == "lena"
     item = page["items"][0]
-    assert set(item) == {"seq", "at", "actor", "action", "target", "source", "outcome",
-                         "details", "prev_hash", "hash"}
+    assert set(item) == {"seq", "at", "actor", "actor_name", "action", "target", "target_name",
+                         "source", "outcome", "details", "prev_hash", "hash"}
+    # The trail names users, not only their ids.
+    assert item["target_name"] == "lena" and item["actor_name"] == "admin"
+    page = await listing(actor=auditor)
+    assert {i["actor_name"] for i in page["items"]} == {"lena"}
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert (await listing(**{"from": future}))["items"] == []
     assert len((await listing(to=future, limit="500"))["items"]) >= len(all_rows)
@@ -576,3 +580,54 @@ async def test_bootstrap_admin_takes_the_given_password(api: Api) -> None:
     assert CHEAP.verify(user.password_hash, ADMIN_PASSWORD)
     event = (await api.audit_rows("users.create"))[0]
     assert event["actor"] == "system" and event["details"]["password"] == "given"
+
+
+# --- PCI DSS 8: idle sessions, unknown routes, login floods -----------------------------------
+
+
+async def test_a_token_idle_longer_than_the_idle_timeout_is_dead(api: Api) -> None:
+    await api.add_user("idris", "auditor")
+    token = await api.token("idris")
+    status, _ = await api.call("GET", "/api/v1/users/me", token)
+    assert status == 200
+    # Fourteen minutes without use: still alive (and its use renews it).
+    await api.db.execute("UPDATE api_tokens SET last_used_at = now() - interval '14 minutes'")
+    assert (await api.call("GET", "/api/v1/users/me", token))[0] == 200
+    # Sixteen: dead, although far from its expiry.
+    await api.db.execute("UPDATE api_tokens SET last_used_at = now() - interval '16 minutes'")
+    status, body = await api.call("GET", "/api/v1/users/me", token)
+    assert status == 401 and body["error"]["code"] == "invalid_token"
+
+
+async def test_an_unknown_route_is_401_without_a_token_and_404_with_one(api: Api) -> None:
+    response = await api.client.get("/api/v1/no-such-thing")
+    assert response.status == 401
+    status, body = await api.call("GET", "/api/v1/no-such-thing", api.admin_token)
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_a_login_flood_is_answered_busy_instead_of_queueing_without_bound(
+    make_api: ApiFactory,
+) -> None:
+    from siprec_server.access import PasswordHashing
+
+    api = await make_api()
+    await api.add_user("flo", "auditor")
+    # Real argon2 cost for the flood: each verify takes tens of milliseconds.
+    from api.auth_api import IDENTITY_KEY
+
+    identity = api.client.app[IDENTITY_KEY]
+    identity.hashing = PasswordHashing()
+    answers = await asyncio.gather(*(api.login("flo", f"guess number {i:04d}")
+                                     for i in range(200)))
+    statuses = [status for status, _ in answers]
+    busy = [body for status, body in answers if status == 503]
+    assert busy and all(b["error"]["code"] == "busy" for b in busy)
+    # Wrong guesses are 401, or 429 once the address is throttled; the rest were turned away.
+    assert set(statuses) <= {401, 429, 503} and statuses.count(401) >= 2
+    assert identity.refused == len(busy)
+    # Afterwards the real user logs in (the lock-out counts only the failures that were heard).
+    await api.db.execute("UPDATE users SET failed_logins = 0, locked_until = NULL")
+    await api.db.execute("DELETE FROM login_failures")
+    status, _ = await api.login("flo", PASSWORD)
+    assert status == 200

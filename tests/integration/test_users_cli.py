@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -74,3 +75,52 @@ async def test_users_add_refuses_bad_input_and_taken_names(
         assert code == expected, (args, err)
         assert err.strip()
     assert [u.username for u in await users.list_users(db_pool)] == ["taken"]
+
+
+async def test_users_list_passwd_unlock_disable_as_an_operator_runs_them(
+    db_dsn: str, db_pool: asyncpg.Pool
+) -> None:
+    code, out, err = await siprec_server(db_dsn, "users", "add", "sam", "--role", "supervisor",
+                                         "--password-stdin", stdin=b"first sound password\n")
+    assert code == 0, err
+    # A lock-out after failed logins, as the API would leave it.
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE users SET failed_logins = 5, locked_until = now() + "
+                           "interval '30 minutes' WHERE username = 'sam'")
+    code, out, err = await siprec_server(db_dsn, "users", "list")
+    assert code == 0, err
+    (line,) = [row for row in out.splitlines() if row.startswith("sam ")]
+    assert "supervisor" in line and "locked" in line and "never" in line
+
+    code, out, err = await siprec_server(db_dsn, "users", "unlock", "sam")
+    assert code == 0, err
+    sam = await users.find_user_by_name(db_pool, "sam")
+    assert sam is not None and sam.locked_until is None
+
+    for weak in (b"password123456\n", b"sam sam sam sam sam\n", b"qwertyuiopasdf\n"):
+        code, _out, err = await siprec_server(db_dsn, "users", "passwd", "sam",
+                                              "--password-stdin", stdin=weak)
+        assert code == 2 and err.strip(), (weak, err)
+    code, out, err = await siprec_server(db_dsn, "users", "passwd", "sam")
+    assert code == 0, err
+    generated = out.split("password: ", 1)[1].strip()
+    sam = await users.find_user_by_name(db_pool, "sam")
+    assert sam is not None and DEFAULT_PASSWORD_HASHING.verify(sam.password_hash, generated)
+
+    code, out, err = await siprec_server(db_dsn, "users", "disable", "sam")
+    assert code == 0, err
+    code, out, err = await siprec_server(db_dsn, "users", "list", "--json")
+    rows = {row["username"]: row for row in json.loads(out)}
+    assert rows["sam"]["state"] == "disabled"
+    code, _out, err = await siprec_server(db_dsn, "users", "unlock", "nobody")
+    assert code == 1 and "nobody" in err
+
+    events = await db_pool.fetch(
+        "SELECT action, details FROM audit_events WHERE target = $1 ORDER BY seq", str(sam.id))
+    assert [e["action"] for e in events] == [
+        "users.create", "users.update", "users.update", "auth.token_revoked",
+        "users.disable", "auth.token_revoked"]
+    assert all(e["details"].get("username") == "sam" for e in events[1:3])
+    trail = json.dumps([dict(e["details"]) for e in events])
+    assert generated not in trail and "first sound password" not in trail
+    assert (await verify_audit_chain(db_pool)).ok

@@ -22,6 +22,7 @@ from siprec_server.access import (
     Permission,
     Principal,
     Role,
+    generate_password,
     new_api_token,
     scope_filter,
     token_digest,
@@ -350,3 +351,21 @@ def test_tokens_are_256_random_bits_and_only_their_digest_is_kept() -> None:
     for bad in ("", "srs_", token + "x", token[:-1] + "=", "Bearer " + token, "srs_" + "é" * 43):
         with pytest.raises(AccessError):
             token_digest(bad)
+
+
+@pytest.mark.parametrize("password, why", [
+    ("password1234", "commonly used"),
+    ("Password123456", "too easy to guess"),
+    ("qwertyuiop123", "commonly used"),
+    ("111111111111", "too easy to guess"),
+    ("ada-lovelace-2026", "user name"),
+])
+def test_common_weak_or_personal_passwords_are_refused(password: str, why: str) -> None:
+    with pytest.raises(AccessError, match=why):
+        validate_password(password, username="ada-lovelace")
+
+
+def test_long_unrelated_passphrases_and_generated_passwords_pass() -> None:
+    for password in ("correct horse battery staple", "orbit velvet canal 1987",
+                     generate_password()):
+        assert validate_password(password, username="ada") == password
