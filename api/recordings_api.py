@@ -27,10 +27,11 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import unquote, unquote_plus
 from uuid import UUID
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import MultiDict, MultiMapping
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
 from api.jobs_api import setup_jobs
@@ -147,6 +148,33 @@ def _aor(text: str) -> str:
     return normalize_aor(text).lower()
 
 
+_LITERAL_PLUS = frozenset({"participant", "number", "aor"})
+
+
+def search_params(request: web.Request) -> MultiMapping[str]:
+    """The query string, except where a `+` typed by a person is a plus: `?participant=
+    +442079460000` pasted into curl or a browser means the E.164 number, not a number after a
+    space (what form encoding would make of it). In numbers a leading `+` is a plus and the
+    others are spaces (clients that encode send a plus as %2B); in SIP URIs, which hold no
+    spaces, every `+` is a plus."""
+    params: MultiDict[str] = MultiDict()
+    for pair in request.rel_url.raw_query_string.split("&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        name = unquote_plus(raw_name)
+        params.add(name, _party(raw_value) if name in _LITERAL_PLUS else unquote_plus(raw_value))
+    return params
+
+
+def _party(raw: str) -> str:
+    upper = raw.upper()
+    if any(mark in upper for mark in (":", "@", "%3A", "%40")):
+        return unquote(raw)
+    value = unquote_plus(raw)
+    return "+" + value[1:] if raw.startswith("+") else value
+
+
 def search_query(params: MultiMapping[str]) -> search.RecordingQuery:
     """The search a query string asks for. A `participant` is a number when it holds one
     (`+44 20 7946 0000`, `00442079460000`, `sip:+442079460000@host` alike), else an AOR."""
@@ -209,7 +237,7 @@ async def list_recordings(request: web.Request) -> web.StreamResponse:
         await audit_denied(request, principal, action, needed)
         raise ApiInputError(f"this needs the {needed.value} permission", status=403,
                             code="forbidden")
-    query = search_query(request.query)
+    query = search_query(search_params(request))
     if as_csv:
         return await _export_csv(request, principal, query)
     page = await search.search_recordings(request.app[DB_KEY], query, _scope(principal))

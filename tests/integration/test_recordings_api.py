@@ -357,6 +357,11 @@ async def test_a_number_in_any_spelling_finds_the_same_party(world: World) -> No
                                              params={"participant": spelling})
         assert status == 200
         assert {item["id"] for item in body["items"]} == want, spelling
+    # The README's example typed as shown: a '+' in the URL is a plus, not a space.
+    for raw in ("/api/v1/recordings?participant=+442079460000",
+                "/api/v1/recordings?number=+44%2020%207946%200000"):
+        status, body = await world.http.json("GET", raw, world.tokens["admin"])
+        assert status == 200 and {item["id"] for item in body["items"]} == want, raw
     status, body = await world.http.json("GET", "/api/v1/recordings", world.tokens["admin"],
                                          params={"aor": "SIP:2002@PBX.example.com"})
     assert {item["id"] for item in body["items"]} == {
