@@ -21,12 +21,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed system-deps
 install-dev: $(VENV)/.installed-dev system-deps
 
-# PostgreSQL server binaries (embedded cluster) and SIPp (interop/load tests), from Debian.
+# PostgreSQL server binaries (embedded cluster), SIPp (interop/load tests), and for key custody:
+# age and GnuPG (custodians' share envelopes), SoftHSM2 (the PKCS#11 token the tests use), from
+# Debian.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
+	@command -v age >/dev/null 2>&1 && command -v gpg >/dev/null 2>&1 && \
+	  command -v softhsm2-util >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age gnupg softhsm2; }
 
 run: install
 	$(BIN)/siprec-server run
