@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from api.keys_openapi import KEY_PATHS, KEY_SCHEMAS
+
 __all__ = ["OPENAPI_VERSION", "document", "setup_openapi"]
 
 OPENAPI_VERSION = "3.1.0"
@@ -451,6 +453,10 @@ PATHS: dict[str, dict[str, Any]] = {
                                           "schema": {"type": "string"}}}}}},
     },
 }
+
+
+SCHEMAS.update(KEY_SCHEMAS)
+PATHS.update(KEY_PATHS)
 
 
 def document() -> dict[str, Any]:

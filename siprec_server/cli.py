@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add.add_argument("name", help="the login name")
     add.add_argument(
-        "--role", required=True, help="admin, supervisor, auditor, agent or integration"
+        "--role", required=True,
+        help="admin, supervisor, auditor, agent, integration or custodian"
     )
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"

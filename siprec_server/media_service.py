@@ -44,7 +44,7 @@ from storage.recording_file import (
 )
 from storage.recording_store import MediaStart
 from storage.recordings import MediaResult
-from storage.signing import NodeSigningKey
+from storage.signing import NodeSigningKey, SigningKeyHolder
 
 log = get_logger("media")
 
@@ -188,7 +188,7 @@ class MediaService:
         data_dir: Path,
         storage: MediaStorage,
         keys: KeyRing,
-        signer: NodeSigningKey,
+        signer: NodeSigningKey | SigningKeyHolder,
         node_id: str,
         bind_host: str,
         ports: PortAllocator,

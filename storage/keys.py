@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -138,13 +139,20 @@ class MasterKey:
         return cls.from_key(secrets.token_bytes(KEY_SIZE), created_at)
 
     def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-        return AESGCM(self.key).encrypt(nonce, data, aad)
+        return _aead(self.key).encrypt(nonce, data, aad)
 
     def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         try:
-            return AESGCM(self.key).decrypt(nonce, data, aad)
+            return _aead(self.key).decrypt(nonce, data, aad)
         except InvalidTag:
             raise KeyUnwrapError("does not authenticate under this master key") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _aead(key: bytes) -> AESGCM:
+    # Building the cipher costs as much as using it once: a re-wrap of a million data keys
+    # uses the same two master keys throughout.
+    return AESGCM(key)
 
 
 class KeyEncryptionKey(Protocol):
