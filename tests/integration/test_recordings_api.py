@@ -27,13 +27,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.keys_api import setup_keys
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import PasswordHashing, new_api_token, token_digest
 from siprec_server.app import RunningServer
 from siprec_server.media.codecs import encode_ulaw
+from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.siprec.sdp import parse_sdp
 from storage import recordings, users
 from storage.audit import verify_audit_chain
+from storage.custody import KeyCustody
 from storage.keys import (
     KeyRing,
     LocalKeyStore,
@@ -70,11 +73,19 @@ async def make_token(db: asyncpg.Pool, role: str, scopes: tuple[str, ...] = (), 
     return token, str(user.id)
 
 
+class HeldKeys(KeyCustody):
+    """The test's own ring, as a development custody would hold it."""
+
+    mode = "local"
+
+
 def recording_app(db: asyncpg.Pool, *, recorder: object = None, keys: KeyRing | None = None,
                   media: Any = None) -> Any:
     """The control API as siprec_server/app.py is to wire it."""
     app = create_api(db=db, recorder=recorder)
     setup_identity(app, password_hashing=CHEAP)
+    setup_keys(app, KeyService(db, HeldKeys(keys or KeyRing.sealed()),
+                               KeySettings(node_id="test-node"), ready=True))
     setup_recordings(app)
     if keys is not None:
         app[KEYS_KEY] = keys
