@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import uvloop
 
+from siprec_server import keys_cli
 from siprec_server.config import Config, ConfigError, StartupError, load_config
 from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         " repeatable",
     )
     add.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    keys_cli.add_parser(commands)
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -213,6 +215,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 print("siprec-server: no password on standard input", file=sys.stderr)
                 return 2
         return uvloop.run(_users_add(config, args, password))
+    if args.command == "keys":
+        return keys_cli.run(args, config)
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

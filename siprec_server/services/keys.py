@@ -115,42 +115,15 @@ class KeyService:
     # ------------------------------------------------------------------ status
 
     async def status(self) -> dict[str, Any]:
-        now = self.clock()
-        versions = await kv.list_versions(self.db)
+        status = await status_of(self.db, self.settings, self.clock())
         progress = self.custody.progress()
-        active = next((v for v in versions if v.state == "active"), None)
-        return {
-            "custody": self.custody.mode,
-            "sealed": self.custody.sealed,
-            "initialised": not self.custody.needs_init,
-            "threshold": active.threshold if active and active.threshold else (
-                self.settings.approvals if active else 0),
-            "shares": active.shares if active and active.shares else 0,
-            "progress": [progress.submitted, progress.threshold],
-            "versions": [self.version_json(v, now) for v in versions],
-        }
+        status.update({"custody": self.custody.mode, "sealed": self.custody.sealed,
+                       "initialised": not self.custody.needs_init,
+                       "progress": [progress.submitted, progress.threshold]})
+        return status
 
     def version_json(self, version: kv.KeyVersion, now: datetime) -> dict[str, Any]:
-        due = version.rotation_due_at()
-        remind_from = due - timedelta(days=self.settings.reminder_days)
-        live = version.live
-        return {
-            "id": version.id,
-            "seq": version.seq,
-            "custody": version.custody,
-            "state": version.state,
-            "created_at": _rfc3339(version.created_at),
-            "activated_at": _rfc3339(version.activated_at),
-            "retired_at": _rfc3339(version.retired_at),
-            "destroyed_at": _rfc3339(version.destroyed_at),
-            "age_days": version.age_days(now),
-            "cryptoperiod_days": version.cryptoperiod_days,
-            "rotation_due_at": _rfc3339(due),
-            "rotation_due": live and version.state == "active" and now >= remind_from,
-            "expired": live and now >= due,
-            "threshold": version.threshold,
-            "shares": version.shares,
-        }
+        return version_json(version, now, self.settings.reminder_days)
 
     # ------------------------------------------------------------------ unseal
 
@@ -608,6 +581,41 @@ class KeyService:
         await record_audit(self.db, AuditEvent(
             actor=actor or f"node:{self.settings.node_id}", action=action, outcome=outcome,
             target=target, source=source, details=details))
+
+
+async def status_of(db: asyncpg.Pool, settings: KeySettings, now: datetime) -> dict[str, Any]:
+    """Threshold, shares and versions as the database has them (no seal state)."""
+    versions = await kv.list_versions(db)
+    active = next((v for v in versions if v.state == "active"), None)
+    return {
+        "threshold": active.threshold if active and active.threshold else (
+            settings.approvals if active else 0),
+        "shares": active.shares if active and active.shares else 0,
+        "versions": [version_json(v, now, settings.reminder_days) for v in versions],
+    }
+
+
+def version_json(version: kv.KeyVersion, now: datetime, reminder_days: int) -> dict[str, Any]:
+    due = version.rotation_due_at()
+    remind_from = due - timedelta(days=reminder_days)
+    live = version.live
+    return {
+        "id": version.id,
+        "seq": version.seq,
+        "custody": version.custody,
+        "state": version.state,
+        "created_at": _rfc3339(version.created_at),
+        "activated_at": _rfc3339(version.activated_at),
+        "retired_at": _rfc3339(version.retired_at),
+        "destroyed_at": _rfc3339(version.destroyed_at),
+        "age_days": version.age_days(now),
+        "cryptoperiod_days": version.cryptoperiod_days,
+        "rotation_due_at": _rfc3339(due),
+        "rotation_due": live and version.state == "active" and now >= remind_from,
+        "expired": live and now >= due,
+        "threshold": version.threshold,
+        "shares": version.shares,
+    }
 
 
 def _can_manage_keys(user: users.User) -> bool:

@@ -303,3 +303,183 @@ async def test_users_without_keys_manage_cannot_take_part(
         "custodians": [{"user": "sam", "age": alice.public},
                        {"user": "alice", "age": alice.public}]})
     assert status == 400 and "sam" in body["error"]["message"]
+
+
+async def add_synthetic_keys(db: Any, ring: Any, count: int) -> None:
+    """`count` finished recordings' data keys under the current master key (no media)."""
+    from uuid import uuid4
+
+    from storage.keys import new_data_key, wrap_data_key
+
+    now = c_now()
+    rows = [(uuid4(), f"synthetic-{i}") for i in range(count)]
+    await db.executemany(
+        """INSERT INTO recordings (id, node_id, call_id, state, started_at, transport,
+                                   src_address)
+           VALUES ($1, 'elsewhere', $2, 'complete', $3, 'udp', '192.0.2.1')""",
+        [(rid, call_id, now) for rid, call_id in rows])
+    current = ring.current
+    await db.executemany(
+        "INSERT INTO recording_keys (recording_id, master_key_id, wrapped_key) "
+        "VALUES ($1, $2, $3)",
+        [(rid, current.key_id, wrap_data_key(current, new_data_key(), rid))
+         for rid, _ in rows])
+
+
+def c_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+async def test_rotation_under_load_loses_nothing_and_destroys_the_old_version(
+    ceremonial: Ceremonial, db_pool: Any
+) -> None:
+    import dataclasses
+
+    from storage.playback import read_all
+    from storage.verification import verify_recording
+    from tests.audio import decode_ogg_opus
+
+    c = ceremonial
+    await init_ceremony(c)
+    service = c.server.keys
+    assert service is not None
+    ring = service.custody.ring
+    old_version = ring.current.key_id
+    await add_synthetic_keys(db_pool, ring, 3000)
+    # Small batches: the re-wrap takes many transactions while the calls go on.
+    service.settings = dataclasses.replace(service.settings, rewrap_batch=20)
+    alice, bob = c.custodians["alice"], c.custodians["bob"]
+
+    seconds = 4.0
+    frames = [encode_ulaw(f) for f in np.split(tone(440, seconds, 8000), int(seconds * 50))]
+
+    async def call(delay: float) -> str:
+        await asyncio.sleep(delay)
+        async with SipTestClient("udp", sip_address(c.server, "udp")) as src:
+            response, dialog = await src.invite(interop_case("oracle_acme_1"))
+            assert response.status == 200 and dialog is not None
+            await send_rtp(parse_sdp(response.body).media[0].port, frames, 0,
+                           ssrc=int(delay * 10) + 1)
+            assert (await src.bye(dialog)).status == 200
+            return dialog.call_id
+
+    async def rotate() -> dict[str, Any]:
+        await asyncio.sleep(0.8)  # the first calls are recording under the old version
+        status, plan, _ = await c.api.call("POST", "/api/v1/keys/ceremonies", alice.token,
+                                           {"kind": "rotate", "dry_run": True})
+        assert status == 200 and plan["data_keys"] >= 3002 and plan["from_version"] == \
+            old_version, plan
+        status, ceremony, _ = await c.api.call("POST", "/api/v1/keys/ceremonies", alice.token,
+                                               {"kind": "rotate"})
+        assert status == 201, ceremony
+        for who in (alice, bob):
+            status, ceremony, _ = await c.api.call(
+                "POST", f"/api/v1/keys/ceremonies/{ceremony['id']}/approve", who.token,
+                {"password": PASSWORD})
+            assert status == 200, ceremony
+        job_id = ceremony["job_id"]
+        seen_running = False
+        while True:
+            status, job, _ = await c.api.call("GET", f"/api/v1/jobs/{job_id}", alice.token)
+            seen_running |= job["state"] == "running" and 0 < job["done"] < job["total"]
+            if job["state"] in ("done", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert job["state"] == "done" and seen_running, job
+        return dict(job)
+
+    # Two calls start before the rotation, one while it runs.
+    results = await asyncio.gather(call(0.0), call(0.3), rotate(), call(1.5))
+    call_ids = [r for r in results if isinstance(r, str)]
+    job = next(r for r in results if isinstance(r, dict))
+    assert job["result"]["rewrapped"] >= 3002 and job["result"]["destroyed"] == old_version
+
+    versions = {v.id: v for v in await kv.list_versions(db_pool)}
+    assert versions[old_version].state == "destroyed"
+    assert versions[old_version].sealed_key is None
+    assert old_version not in ring.by_id
+    assert await db_pool.fetchval("SELECT count(*) FROM recording_keys WHERE master_key_id = $1",
+                                  old_version) == 0
+    for call_id in call_ids:
+        row = await wait_for_state(c.server, call_id, "complete")
+        for _ in range(100):
+            stats = await db_pool.fetchval(
+                "SELECT stats FROM streams WHERE recording_id = $1 AND m_index = 0", row["id"])
+            if stats and "packets_received" in stats:
+                break
+            await asyncio.sleep(0.05)
+        assert stats["packets_received"] == len(frames) and stats["packets_lost"] == 0
+        audio, rate = decode_ogg_opus(await read_all(db_pool, ring, row["id"]))
+        assert abs(audio.shape[0] / rate - seconds) < 0.5
+        check = await verify_recording(db_pool, ring, row["id"])
+        assert check.ok, check.problems
+
+    # New shares went to the custodians; the old ones open nothing any more. A restart
+    # unseals with the new ones.
+    for custodian in c.custodians.values():
+        await fetch_shares(c.api, custodian)
+        assert Share.parse(custodian.shares[-1]).key_id == ring.current.key_id
+    await c.server.stop()
+    c.server = await start_server(load_config(env=c.env))
+    await c.api.close()
+    c.api = Api(c.server)
+    status, body, _ = await c.api.call("POST", "/api/v1/keys/unseal", None,
+                                       {"share": alice.shares[0]})
+    assert status == 400 and "destroyed" in body["error"]["message"], body
+    for who in (alice, bob):
+        status, body, _ = await c.api.call("POST", "/api/v1/keys/unseal", None,
+                                           {"share": who.shares[-1]})
+        assert status == 200, body
+    assert body["sealed"] is False
+    call_id, _ = await record_call(c.server)
+    await wait_for_state(c.server, call_id, "complete")
+
+
+async def test_command_line_unseals_rotates_and_follows_the_job(
+    ceremonial: Ceremonial, db_pool: Any
+) -> None:
+    from tests.server_process import run_cli
+
+    c = ceremonial
+    await init_ceremony(c)
+    await c.server.stop()
+    c.server = await start_server(load_config(env=c.env))
+    await c.api.close()
+    c.api = Api(c.server)
+    host, port = c.server.api_address
+    env = {**c.env, "SIPREC_API__LISTEN": f"{host}:{port}"}
+    alice, bob = c.custodians["alice"], c.custodians["bob"]
+
+    code, out, err = await run_cli(env, "keys", "unseal", stdin=alice.shares[0].encode())
+    assert code == 0 and "1 of 2; still sealed" in out, out + err
+    code, out, err = await run_cli(env, "keys", "unseal", stdin=b"srs-share1:garbage\n")
+    assert code == 1 and "refused" in err, out + err
+    code, out, err = await run_cli(env, "keys", "unseal", stdin=bob.shares[0].encode())
+    assert code == 0 and "unsealed" in out, out + err
+
+    code, out, err = await run_cli(env, "keys", "status")
+    assert code == 0, err
+    status = __import__("json").loads(out)
+    assert status["sealed"] is False and status["threshold"] == 2 and status["shares"] == 3
+    assert [v["state"] for v in status["versions"]] == ["active"]
+    assert status["signing_key_pins"][0].startswith("ed25519 ")
+
+    code, out, err = await run_cli(env, "keys", "rotate", "--dry-run")
+    assert code == 0 and __import__("json").loads(out)["data_keys"] == 0, out + err
+    code, out, err = await run_cli(env, "keys", "rotate", "--user", "alice",
+                                   stdin=(PASSWORD + "\n").encode())
+    assert code == 0 and "1 of 2" in out, out + err
+    ceremony_id = out.split()[1]
+    code, out, err = await run_cli(env, "keys", "approve", ceremony_id, "--user", "alice",
+                                   stdin=(PASSWORD + "\n").encode())
+    assert code == 1 and "already" in err, out + err
+    code, out, err = await run_cli(env, "keys", "approve", ceremony_id, "--user", "bob",
+                                   stdin=(PASSWORD + "\n").encode())
+    assert code == 0 and "job" in out, out + err
+    job_id = out.rsplit("keys job ", 1)[1].split()[0]
+    code, out, err = await run_cli(env, "keys", "job", job_id, "--watch")
+    assert code == 0 and "[" in out and '"state": "done"' in out, out + err
+    versions = [v.state for v in await kv.list_versions(db_pool)]
+    assert versions == ["destroyed", "active"]
