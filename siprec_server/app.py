@@ -40,6 +40,7 @@ from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.erasure_vacuum import ErasureVacuum
 from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.services.node import NodeMembership
 from siprec_server.services.notifications import Notifier
@@ -124,6 +125,7 @@ class RunningServer:
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
     keys: KeyService | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    erasure_vacuum: ErasureVacuum | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -136,6 +138,8 @@ class RunningServer:
                 task.cancel()
             if self.keys is not None:
                 await self.keys.close()
+            if self.erasure_vacuum is not None:
+                await self.erasure_vacuum.close()
             await self.recorder.shutdown()
             await self.media.close()
             await self.api_runner.cleanup()
@@ -372,6 +376,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
                            api_address, bound, key_service)
     server.background.append(asyncio.create_task(_watch_cryptoperiods(key_service)))
+    server.erasure_vacuum = ErasureVacuum(db)
+    server.erasure_vacuum.start()
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"
