@@ -29,6 +29,7 @@ from siprec_server.config import (
     Config,
     ConfigError,
     StartupError,
+    audit_checkpoint_file,
     parse_host_port,
     parse_listen,
 )
@@ -39,6 +40,7 @@ from siprec_server.media.ports import PortAllocator
 from siprec_server.media_service import MediaService
 from siprec_server.net.sip_transport import SipEndpoint
 from siprec_server.recorder import Recorder, RecorderSettings
+from siprec_server.services.audit_checkpoints import AuditCheckpointer
 from siprec_server.services.database import DatabaseHandle, open_server_database
 from siprec_server.services.erasure_vacuum import ErasureVacuum
 from siprec_server.services.keys import KeyService, KeySettings
@@ -48,6 +50,7 @@ from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
+from storage.audit_checkpoints import FileSink, SyslogSink
 from storage.custody import KeyCustody, LocalCustody, ShamirCustody, TokenCustody
 from storage.keys import KeyRing, KeyStoreError, LocalKeyStore, read_secret_file
 from storage.nodes import NodeInUse
@@ -126,6 +129,7 @@ class RunningServer:
     keys: KeyService | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     erasure_vacuum: ErasureVacuum | None = None
+    checkpoints: AuditCheckpointer | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -145,6 +149,8 @@ class RunningServer:
             await self.api_runner.cleanup()
             await self.sip.close()
             await self.writes.close()
+            if self.checkpoints is not None:
+                await self.checkpoints.close()
             await self.node.leave()
             await self.database.close()
         finally:
@@ -270,6 +276,13 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             if closed:
                 log.warning("open_recordings_closed_at_start", count=len(closed))
 
+        sinks: list[FileSink | SyslogSink] = [FileSink(audit_checkpoint_file(config))]
+        if config.audit.checkpoint_syslog:
+            sinks.append(SyslogSink())
+        checkpointer = AuditCheckpointer(
+            db, signer, node_id, sinks, webhook=config.audit.checkpoint_webhook,
+            every_events=config.audit.checkpoint_events,
+            every_seconds=config.audit.checkpoint_interval)
         notifier = Notifier(webhooks=config.keys.notify_webhooks,
                             email_to=config.keys.notify_email,
                             smtp_server=config.keys.smtp_server,
@@ -378,6 +391,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     server.background.append(asyncio.create_task(_watch_cryptoperiods(key_service)))
     server.erasure_vacuum = ErasureVacuum(db)
     server.erasure_vacuum.start()
+    server.checkpoints = checkpointer
+    checkpointer.start()
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"

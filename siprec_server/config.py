@@ -347,6 +347,13 @@ def _validate(config: Config) -> None:
     _validate_keys(config.keys, config.audit)
 
 
+def audit_checkpoint_file(config: Config) -> Path:
+    """Where signed audit checkpoints are appended (and `verify --audit` reads them)."""
+    if config.audit.checkpoint_file:
+        return Path(config.audit.checkpoint_file)
+    return config.server.data_dir / "audit-checkpoints.jsonl"
+
+
 def _validate_keys(keys: KeysConfig, audit: AuditConfig) -> None:
     if keys.custody not in ("local", "shamir", "pkcs11"):
         raise ConfigError("keys.custody: expected local, shamir or pkcs11")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
@@ -35,6 +35,7 @@ from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator, PortsExhausted
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
+from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
     FileSummary,
@@ -43,13 +44,18 @@ from storage.recording_file import (
     seal_interrupted,
 )
 from storage.recording_store import MediaStart
+from storage.recording_summary import (
+    build_summary,
+    participant_entries,
+    start_summary,
+    summary_digest,
+)
 from storage.recordings import MediaResult
 from storage.signing import NodeSigningKey, SigningKeyHolder
 
 log = get_logger("media")
 
 TICK_INTERVAL = 0.1
-FORMAT = "ogg-opus/siprec-aead-v1"
 
 
 class MediaStorage(Protocol):
@@ -69,6 +75,11 @@ class MediaStorage(Protocol):
     async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]: ...
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
+
+    async def record_audit(self, event: AuditEvent, at: datetime, event_id: UUID) -> None: ...
+
+    async def recording_evidence(self, recording_id: UUID
+                                 ) -> tuple[list[dict[str, Any]], list[str]]: ...
 
 
 @dataclass
@@ -271,6 +282,7 @@ class MediaService:
             MediaStart(str(path), rate, [c.as_dict() for c in channels],
                        self._keys.current.key_id, wrapped),
         )
+        await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
         file = _create_private(path)
         writer = RecordingFileWriter(
             file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
@@ -333,9 +345,14 @@ class MediaService:
             call.file.close()
         for stream in report.streams:
             self._finished_packets.update(_packet_counts(stream))
+        digests = self._metadata_digests(session.recording_id)
+        if digests is None:
+            _stored, digests = await self._storage.recording_evidence(
+                session.recording_id)
         await self._store_result(
             session.recording_id, session.call_id, session.started_at, datetime.now(UTC),
             call.channels, summary, report, recovered=False,
+            participants=_participants_of(session), metadata_sha256=digests,
         )
         log.info("media_finished", recording_id=str(session.recording_id),
                  duration_s=round(report.duration, 3), bytes=summary.ciphertext_bytes)
@@ -402,6 +419,8 @@ class MediaService:
         report: MediaReport | None,
         *,
         recovered: bool,
+        participants: list[dict[str, Any]],
+        metadata_sha256: list[str],
         duration_ms: int | None = None,
     ) -> None:
         if report is not None:
@@ -417,24 +436,15 @@ class MediaService:
         else:
             pauses, stream_stats, dtmf = [], {}, 0
         channel_dicts = [c.as_dict() if isinstance(c, ChannelAssignment) else c for c in channels]
-        signed: dict[str, Any] = {
-            "format": FORMAT,
-            "recording_id": str(recording_id),
-            "node_id": self._node_id,
-            "call_id": call_id,
-            "started_at": started_at.astimezone(UTC).isoformat(),
-            "ended_at": ended_at.astimezone(UTC).isoformat(),
-            "duration_ms": duration_ms or 0,
-            "channels": channel_dicts,
-            "plaintext_sha256": summary.plaintext_sha256.hex(),
-            "ciphertext_sha256": summary.ciphertext_sha256.hex(),
-            "plaintext_bytes": summary.plaintext_bytes,
-            "ciphertext_bytes": summary.ciphertext_bytes,
-            "recovered": recovered,
-            "pauses": pauses,
-            "dtmf_events": dtmf,
-            "streams": {str(k): v for k, v in sorted(stream_stats.items())},
-        }
+        signed = build_summary(
+            recording_id=recording_id, node_id=self._node_id, call_id=call_id,
+            started_at=started_at, ended_at=ended_at, duration_ms=duration_ms or 0,
+            channels=channel_dicts, plaintext_sha256=summary.plaintext_sha256,
+            ciphertext_sha256=summary.ciphertext_sha256,
+            plaintext_bytes=summary.plaintext_bytes, ciphertext_bytes=summary.ciphertext_bytes,
+            recovered=recovered, pauses=pauses, dtmf_events=dtmf, streams=stream_stats,
+            participants=participants, metadata_sha256=metadata_sha256,
+        )
         signature = self._signer.sign(signed)
         await self._storage.register_signing_key(
             self._signer.key_id, self._node_id, self._signer.public_key_bytes()
@@ -456,6 +466,18 @@ class MediaService:
                 stream_stats=stream_stats,
             ),
         )
+        # The trail vouches for this exact summary: a summary re-signed later with another key
+        # no longer matches it.
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.sealed",
+            target=str(recording_id), source="media",
+            details={"summary_sha256": summary_digest(signed),
+                     "signing_key_id": self._signer.key_id, "recovered": recovered,
+                     "participants": len(participants),
+                     "metadata_events": len(metadata_sha256)}), datetime.now(UTC), uuid4())
+        forget = getattr(self._storage, "forget", None)
+        if forget is not None:
+            forget(recording_id)
 
     async def recover(self) -> int:
         """Seal every file this node left open (a crash): each complete chunk stays readable,
@@ -478,9 +500,11 @@ class MediaService:
                         decrypt_chunks(f, recording_id=recording_id, data_key=dek)
                     )
                 now = datetime.now(UTC)
+                participants, digests = await self._storage.recording_evidence(recording_id)
                 await self._store_result(
                     recording_id, row["call_id"], row["started_at"], now, row["channels"],
-                    summary, None, recovered=True, duration_ms=duration_ms,
+                    summary, None, recovered=True, participants=participants,
+                    metadata_sha256=digests, duration_ms=duration_ms,
                 )
                 await self._storage.mark_ended(recording_id, "interrupted",
                                                "server stopped while recording", now)
@@ -495,9 +519,36 @@ class MediaService:
                                                datetime.now(UTC))
         return count
 
+    def _metadata_digests(self, recording_id: UUID) -> list[str] | None:
+        digests = getattr(self._storage, "metadata_digests", None)
+        return None if digests is None else digests(recording_id)
+
+    async def _audit_start(self, session: RecordingSession, *, wrapped_by: str,
+                           dek: bytes) -> None:
+        digests = self._metadata_digests(session.recording_id) or []
+        participants = _participants_of(session)
+        start = start_summary(
+            recording_id=session.recording_id, node_id=self._node_id, call_id=session.call_id,
+            started_at=session.started_at, participants=participants, metadata_sha256=digests,
+            master_key_id=wrapped_by, data_key_id=data_key_id(dek))
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.started",
+            target=str(session.recording_id), source="media",
+            details={"summary_sha256": summary_digest(start), "master_key_id": wrapped_by,
+                     "participants": len(participants), "metadata_events": len(digests)}),
+            datetime.now(UTC), uuid4())
+
     def _path_for(self, session: RecordingSession) -> Path:
         day = session.started_at.astimezone(UTC)
         return self._dir / f"{day:%Y/%m/%d}" / f"{session.recording_id}.srec"
+
+
+def _participants_of(session: RecordingSession) -> list[dict[str, Any]]:
+    metadata = session.metadata
+    return participant_entries(
+        {"participant_id": p.id, "aor": p.aor, "name": p.name, "present": p.present,
+         "joined_at": p.joined_at, "left_at": p.left_at}
+        for p in (metadata.participants.values() if metadata else ()))
 
 
 def _create_private(path: Path) -> BinaryIO:

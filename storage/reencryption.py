@@ -25,6 +25,7 @@ from uuid import UUID
 
 import asyncpg
 
+from storage.audit import AuditEvent, record_audit
 from storage.keys import KeyRing, KeyStoreError, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
     RecordingFileError,
@@ -32,6 +33,7 @@ from storage.recording_file import (
     decrypt_chunks,
     read_header,
 )
+from storage.recording_summary import summary_digest
 from storage.signing import canonical_summary_bytes, verify_signature
 
 __all__ = ["reencrypt_recording"]
@@ -107,6 +109,10 @@ async def reencrypt_recording(db: asyncpg.Pool, ring: KeyRing, recording_id: UUI
                    ciphertext_sha256 = $5, ciphertext_bytes = $6 WHERE id = $1""",
             recording_id, new_summary, signature, signer.key_id,
             bytes.fromhex(new_summary["ciphertext_sha256"]), len(data))
+        await record_audit(conn, AuditEvent(
+            actor="system:reencrypt", action="recording.sealed", target=str(recording_id),
+            details={"summary_sha256": summary_digest(new_summary),
+                     "signing_key_id": signer.key_id, "reencrypted": True}))
     if not verify_signature(signer.public_key_bytes(), new_summary, signature):
         return "signature does not verify after re-encryption"
     return "reencrypted"

@@ -149,6 +149,13 @@ class NodeSigningKey:
         """A 64-byte Ed25519 signature over the summary's canonical bytes."""
         return self._private.sign(SIGNATURE_CONTEXT + canonical_summary_bytes(summary))
 
+    def sign_bytes(self, message: bytes) -> bytes:
+        """A signature over a message that carries its own context prefix (audit
+        checkpoints); never a summary's context."""
+        if message.startswith(SIGNATURE_CONTEXT):
+            raise SigningError("a message may not imitate a recording summary")
+        return self._private.sign(message)
+
 
 def verify_signature(public_key: bytes, summary: Mapping[str, object], signature: bytes) -> bool:
     """True only if `signature` is this key's signature over exactly this summary.
@@ -352,3 +359,10 @@ class SigningKeyHolder:
 
     def sign(self, summary: Mapping[str, object]) -> bytes:
         return self._get().sign(summary)
+
+    def sign_bytes(self, message: bytes) -> bytes:
+        return self._get().sign_bytes(message)
+
+    @property
+    def loaded(self) -> bool:
+        return self._key is not None

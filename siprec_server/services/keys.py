@@ -375,8 +375,11 @@ class KeyService:
 
     async def _run_jobs(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: wait_for in 3.11 can swallow a cancellation that
+            # arrives as the event fires, and close() would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _RUNNER_POLL_S)
+                async with asyncio.timeout(_RUNNER_POLL_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.expire_ceremonies()
