@@ -294,7 +294,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                         approvals=config.keys.approvals,
                         ceremony_window=timedelta(seconds=config.keys.ceremony_window),
                         rewrap_batch=config.keys.rewrap_batch),
-            notifier=notifier, on_unsealed=after_unseal, signer=signer)
+            notifier=notifier, on_unsealed=after_unseal, signer=signer,
+            owner_dsn=database.owner_dsn)
         if custody.sealed:
             state = "has no master key yet: run the init ceremony" if custody.needs_init else \
                 f"is sealed: {custody.progress().threshold} custodians' shares are needed"
@@ -389,7 +390,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
                            api_address, bound, key_service)
     server.background.append(asyncio.create_task(_watch_cryptoperiods(key_service)))
-    server.erasure_vacuum = ErasureVacuum(db)
+    server.erasure_vacuum = ErasureVacuum(db, owner_dsn=database.owner_dsn)
     server.erasure_vacuum.start()
     server.checkpoints = checkpointer
     checkpointer.start()

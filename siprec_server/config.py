@@ -76,6 +76,7 @@ class MediaConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
+    migration_url: str = ""
     pool_max: int = 10
 
 

@@ -17,6 +17,7 @@ import contextlib
 import asyncpg
 
 from siprec_server.logs import get_logger
+from storage.roles import vacuum
 
 __all__ = ["ERASED_TABLES", "ErasureVacuum"]
 
@@ -26,8 +27,10 @@ ERASED_TABLES = ("recording_keys", "participants", "metadata_events", "streams",
 
 
 class ErasureVacuum:
-    def __init__(self, db: asyncpg.Pool, interval_s: float = 60.0) -> None:
+    def __init__(self, db: asyncpg.Pool, interval_s: float = 60.0, *,
+                 owner_dsn: str | None = None) -> None:
         self._db = db
+        self._owner_dsn = owner_dsn
         self._interval = interval_s
         self._seen: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -54,12 +57,10 @@ class ErasureVacuum:
         self._seen = latest
         if first and latest == 0:
             return False
-        async with self._db.acquire() as conn:
-            for table in ERASED_TABLES:
-                try:
-                    await conn.execute(f"VACUUM {table}")
-                except asyncpg.PostgresError as exc:
-                    log.warning("vacuum_failed", table=table, error=str(exc)[:200])
+        skipped = await vacuum(self._owner_dsn or self._db, ERASED_TABLES)
+        if skipped:
+            log.warning("vacuum_skipped", tables=skipped,
+                        hint="set database.migration_url to the owner role")
         self.vacuums += 1
         return True
 

@@ -41,6 +41,7 @@ from storage.key_shares import Recipient, ShareError, parse_recipient
 from storage.keys import KeyStoreError
 from storage.reencryption import reencrypt_recording
 from storage.rewrap import rewrap_batch
+from storage.roles import vacuum
 from storage.signing import reseal_signing_keys
 
 __all__ = ["CeremonyError", "KeyCounters", "KeyService", "KeySettings"]
@@ -104,6 +105,8 @@ class KeyService:
     hashing: PasswordHashing = field(default_factory=PasswordHashing)
     signer: Any = None
     """The node's signing key holder (re-encryption signs the changed summaries)."""
+    owner_dsn: str | None = None
+    """The database owner's DSN: VACUUM needs the owner (PostgreSQL 15)."""
     counters: KeyCounters = field(default_factory=KeyCounters)
     ready: bool = False
     """Unsealed, and the start-up work that needed the keys is done: calls are taken."""
@@ -514,13 +517,11 @@ class KeyService:
 
     async def vacuum(self, tables: Sequence[str]) -> None:
         """Dead rows of destroyed keys leave the table files (they would linger until some
-        later VACUUM). Best effort: a role that may not VACUUM is logged, not fatal."""
-        async with self.db.acquire() as conn:
-            for table in tables:
-                try:
-                    await conn.execute(f"VACUUM {table}")
-                except asyncpg.PostgresError as exc:
-                    log.warning("vacuum_failed", table=table, error=str(exc)[:200])
+        later VACUUM). Best effort: a table that could not be vacuumed is logged, not fatal."""
+        skipped = await vacuum(self.owner_dsn or self.db, tables)
+        if skipped:
+            log.warning("vacuum_skipped", tables=skipped,
+                        hint="set database.migration_url to the owner role")
 
     # ------------------------------------------------------------------ cryptoperiods
 
