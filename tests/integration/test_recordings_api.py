@@ -780,6 +780,9 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
     # The audit trail holds every step and verifies; changing one event breaks it.
     actions = [r["action"] for r in await db.fetch(
         "SELECT action FROM audit_events WHERE target = $1 ORDER BY seq", str(rid))]
+    # The node's own: the start and the sealing of the recording, with their summary hashes.
+    assert actions[0] == "recording.started" and "recording.sealed" in actions
+    actions = [a for a in actions if a not in ("recording.started", "recording.sealed")]
     assert actions == ["recording.pause", "recording.pause", "recording.resume",
                        "recording.view", "recording.play", "recording.play", "recording.erase",
                        "recording.view"]
