@@ -295,7 +295,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                         ceremony_window=timedelta(seconds=config.keys.ceremony_window),
                         rewrap_batch=config.keys.rewrap_batch),
             notifier=notifier, on_unsealed=after_unseal, signer=signer,
-            owner_dsn=database.owner_dsn)
+            owner_dsn=database.owner_dsn, journal_dir=data_dir / "journal")
         if custody.sealed:
             state = "has no master key yet: run the init ceremony" if custody.needs_init else \
                 f"is sealed: {custody.progress().threshold} custodians' shares are needed"

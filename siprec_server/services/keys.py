@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,7 @@ from storage.custody import (
     ShareRefused,
     UnsealProgress,
 )
+from storage.journal import rewrap_journals
 from storage.key_shares import Recipient, ShareError, parse_recipient
 from storage.keys import KeyStoreError
 from storage.reencryption import reencrypt_recording
@@ -107,6 +109,8 @@ class KeyService:
     """The node's signing key holder (re-encryption signs the changed summaries)."""
     owner_dsn: str | None = None
     """The database owner's DSN: VACUUM needs the owner (PostgreSQL 15)."""
+    journal_dir: Path | None = None
+    """This node's write-behind journal: waiting writes are re-wrapped before a destruction."""
     counters: KeyCounters = field(default_factory=KeyCounters)
     ready: bool = False
     """Unsealed, and the start-up work that needed the keys is done: calls are taken."""
@@ -477,6 +481,8 @@ class KeyService:
             await kv.job_progress(self.db, job.id, done=done, now=self.clock())
             await asyncio.sleep(0)  # calls keep their share of the loop
         resealed = await reseal_signing_keys(self.db, ring, old)
+        if self.journal_dir is not None:
+            rewrap_journals(self.journal_dir, ring, old)
         await self.custody.destroy(self.db, old, self.clock())
         self.counters.versions_destroyed += 1
         await self.vacuum(_VACUUMED)
