@@ -30,7 +30,7 @@ from uuid import UUID
 from aiohttp import web
 
 from api.app import ApiInputError, error, read_json_object
-from api.security import principal_of, require
+from api.security import PUBLIC_API_ROUTES, principal_of, require
 from siprec_server.services.keys import CeremonyError, KeyService
 from storage import key_versions as kv
 from storage.custody import CustodyError, ShareRefused
@@ -234,8 +234,6 @@ async def sealed_gate(request: web.Request, handler: Handler) -> web.StreamRespo
 def setup_keys(app: web.Application, service: KeyService) -> None:
     """Key routes, and the sealed gate right after the JSON error middleware (so a sealed
     server answers 503 before asking who is calling)."""
-    from api.security import PUBLIC_API_ROUTES
-
     app[KEY_SERVICE] = service
     app.middlewares.insert(1, sealed_gate)
     if not PUBLIC_KEY_ROUTES <= PUBLIC_API_ROUTES:

@@ -118,6 +118,9 @@ class KeyService:
     _runner: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _after_unseal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One job at a time per process: a job this node claimed as "running" is then always a
+    leftover of an earlier run of the node (a restart), never one in progress here."""
 
     # ------------------------------------------------------------------ status
 
@@ -399,6 +402,10 @@ class KeyService:
 
     async def run_next_job(self) -> bool:
         """Claim and run one job this node can run now; False when there is none."""
+        async with self._job_lock:
+            return await self._run_next_job()
+
+    async def _run_next_job(self) -> bool:
         kinds = ["init"] if self.custody.sealed else list(JOB_KINDS)
         job = await kv.claim_job(self.db, kinds, self.settings.node_id, self.clock(),
                                  _STALE_JOB)
