@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev system-deps lint bench clean
+.PHONY: run test install install-dev system-deps test-deps lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +19,23 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed system-deps
-install-dev: $(VENV)/.installed-dev system-deps
+install-dev: $(VENV)/.installed-dev system-deps test-deps
 
-# PostgreSQL server binaries (embedded cluster), SIPp (interop/load tests), and for key custody:
-# age and GnuPG (custodians' share envelopes), SoftHSM2 (the PKCS#11 token the tests use), from
-# Debian.
+# What the server needs to run: the PostgreSQL server binaries (embedded cluster) and GnuPG
+# (share envelopes for custodians with OpenPGP keys), from Debian.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+	@command -v gpg >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg; }
+
+# What only the tests need: SIPp (interop/load tests), the age command line (custodians opening
+# their shares) and SoftHSM2 (a real PKCS#11 token), from Debian.
+test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
-	@command -v age >/dev/null 2>&1 && command -v gpg >/dev/null 2>&1 && \
-	  command -v softhsm2-util >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age gnupg softhsm2; }
+	@command -v age >/dev/null 2>&1 && command -v softhsm2-util >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age softhsm2; }
 
 run: install
 	$(BIN)/siprec-server run

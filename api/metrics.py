@@ -186,6 +186,12 @@ class Metrics:
                             ("other", "srtp_other_failures")):
             srtp.add(self._counter(key, self._media_now.get(key, 0)), reason=reason)
         out.append(srtp)
+        dropped = _Family("siprec_rtp_packets_dropped_total", "counter",
+                          "RTP/RTCP packets refused before recording, by reason (a source "
+                          "the stream does not accept, an SSRC other than the locked one).")
+        for reason in ("foreign_source", "foreign_ssrc"):
+            dropped.add(self._counter(reason, self._media_now.get(reason, 0)), reason=reason)
+        out.append(dropped)
 
         states = _Family("siprec_recordings", "gauge",
                          f"Recordings in the database by state (cached {STATE_CACHE_S:g} s).")

@@ -50,6 +50,9 @@ _RECORDING_PROPERTIES: dict[str, Schema] = {
     "ended_at": _TIME_OR_NULL,
     "end_reason": _nullable("string"),
     "duration_s": _nullable("number", description="Seconds of audio; null until finished"),
+    "no_media": {"type": "boolean",
+                 "description": "No stream delivered a packet: the audio is silence as long as "
+                                "the session, not a recording of anyone"},
     "participants": {"type": "array", "items": _ref("Participant")},
     "channels": {"type": "array", "items": _ref("Channel")},
     "streams": {"type": "array", "items": _ref("Stream")},

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 from aiohttp import web
@@ -29,6 +30,7 @@ from siprec_server.config import (
     Config,
     ConfigError,
     StartupError,
+    TlsConfig,
     audit_checkpoint_file,
     parse_host_port,
     parse_listen,
@@ -37,8 +39,10 @@ from siprec_server.data_dir import DataDirLock, prepare_data_dir
 from siprec_server.logs import get_logger
 from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.ports import PortAllocator
+from siprec_server.media.source import RtpSourcePolicy
 from siprec_server.media_service import MediaService
-from siprec_server.net.sip_transport import SipEndpoint
+from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
+from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.audit_checkpoints import AuditCheckpointer
 from siprec_server.services.database import DatabaseHandle, open_server_database
@@ -158,12 +162,20 @@ class RunningServer:
         log.info("stopped")
 
 
-def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
-    if not cert_file:
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    """Server-side TLS 1.2+; with a CA file, mutual TLS: a client certificate it issued is
+    required (an SBC without one cannot even complete the handshake)."""
+    if not tls.cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.ca_file:
+            context.load_verify_locations(cafile=tls.ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"TLS certificate or key unusable: {exc}") from None
     return context
 
 
@@ -248,7 +260,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 config.media.dtmf_resume_sequence,
                 config.media.dtmf_sequence_timeout,
             ),
+            dtmf_control_from=config.media.dtmf_control_from,
             inactivity_timeout=config.media.inactivity_timeout,
+            min_free_bytes=config.server.min_free_disk_mb * 2**20,
+            rtp_source=cast(RtpSourcePolicy, config.media.rtp_source),
         )
         started_writes = writes
         started_media = media
@@ -313,9 +328,17 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 local={"udp": (sip_host, 5060)},
                 session_expires=config.sip.session_expires,
                 min_se=config.sip.min_se,
+                strict=config.sip.strict,
             )
         )
-        sip = SipEndpoint(agent)
+        sip = SipEndpoint(agent, limits=TransportLimits(
+            sources=SourcePolicy.from_config(config.sip.allow_from),
+            max_connections=config.sip.max_connections,
+            max_connections_per_source=config.sip.max_connections_per_source,
+            message_timeout=config.sip.message_timeout,
+            idle_timeout=config.sip.idle_timeout,
+            untrusted_rate=config.sip.untrusted_rate,
+        ))
         recorder = Recorder(
             RecorderSettings(
                 node_id=node_id,
@@ -328,6 +351,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                 max_sessions=config.sip.max_sessions,
                 retry_after=config.sip.retry_after,
                 require_siprec=config.sip.require_siprec,
+                sources=SourcePolicy.from_config(config.sip.allow_from),
+                max_sessions_per_source=config.sip.max_sessions_per_source,
+                max_streams=config.sip.max_streams,
+                sdes_over_plain_sip=config.sip.sdes_over_plain_sip,
             ),
             storage=writes,
             sip=sip,
@@ -337,11 +364,16 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         )
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
+        media.on_storage_full = lambda session: recorder.end_session(session, "disk space low")
+        media.disk.start()
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),
-            sip.listen(listen, _tls_context(config.sip.tls.cert_file, config.sip.tls.key_file)),
+            sip.listen(listen, _tls_context(config.sip.tls)),
         )
         bound = sip.bound_addresses()
+        if sip.limits.sources.loopback_only and not all(is_loopback(h) for _k, h, _p in bound):
+            log.warning("sip_allow_from_loopback_only",
+                        hint="SRCs on other hosts are refused until sip.allow_from lists them")
         agent.settings = dataclasses.replace(
             agent.settings, local={kind: (sip_host, port) for kind, _host, port in reversed(bound)}
         )
@@ -367,7 +399,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             runner,
             api_host,
             api_port,
-            ssl_context=_tls_context(config.api.tls.cert_file, config.api.tls.key_file),
+            ssl_context=_tls_context(config.api.tls),
         )
         try:
             await _listening(f"the API on {config.api.listen}", site.start())
@@ -416,11 +448,33 @@ async def _watch_cryptoperiods(service: KeyService) -> None:
         await asyncio.sleep(CRYPTOPERIOD_CHECK_S)
 
 
+def login_hint(config: Config, api_address: tuple[str, int]) -> str:
+    """How to log in, as a command that works when pasted (the start-up banner)."""
+    host, port = api_address
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    tls = config.api.tls
+    scheme = "https" if tls.cert_file else "http"
+    cacert = f" --cacert {tls.cert_file}" if tls.cert_file else ""
+    user = config.auth.bootstrap_admin or "USER"
+    return (
+        "siprec-server: log in with\n"
+        f"  curl -s{cacert} -X POST {scheme}://{host}:{port}/api/v1/auth/token "
+        f"-H 'Content-Type: application/json' "
+        f"-d '{{\"username\": \"{user}\", \"password\": \"PASSWORD\"}}'\n"
+        "  then send the token as: -H \"Authorization: Bearer TOKEN\"; "
+        f"API description: {scheme}://{host}:{port}/api/v1/openapi.json"
+    )
+
+
 async def run_until_signalled(config: Config) -> None:
     server = await start_server(config)
     scheme = "https" if config.api.tls.cert_file else "http"
     print(f"siprec-server: SIP on {', '.join(f'{k}:{h}:{p}' for k, h, p in server.sip_addresses)}"
           f"; API on {scheme}://{server.api_address[0]}:{server.api_address[1]}", flush=True)
+    print(login_hint(config, server.api_address), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from siprec_server.media.source import RTP_SOURCE_POLICIES
 from siprec_server.media.srtp_suites import SUITES, find_suite
+from siprec_server.net.source_policy import parse_networks
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "G729", "opus")
+DTMF_CONTROL_KINDS = ("label", "aor", "number")
 ENV_PREFIX = "SIPREC_"
 
 
@@ -38,12 +41,14 @@ class ServerConfig:
     node_id: str = ""
     log_format: str = "auto"
     log_level: str = "info"
+    min_free_disk_mb: int = 512
 
 
 @dataclass(frozen=True)
 class TlsConfig:
     cert_file: str = ""
     key_file: str = ""
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,16 @@ class SipConfig:
     session_expires: int = 1800
     min_se: int = 90
     require_siprec: bool = False
+    allow_from: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    max_connections: int = 2000
+    max_connections_per_source: int = 20
+    max_sessions_per_source: int = 50
+    untrusted_rate: int = 20
+    message_timeout: int = 10
+    idle_timeout: int = 3600
+    max_streams: int = 8
+    sdes_over_plain_sip: str = "loopback"
+    strict: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
@@ -70,7 +85,9 @@ class MediaConfig:
     dtmf_pause_sequence: str = "*1"
     dtmf_resume_sequence: str = "*2"
     dtmf_sequence_timeout: int = 3
+    dtmf_control_from: tuple[str, ...] = ("*",)
     inactivity_timeout: int = 300
+    rtp_source: str = "offer-address"
 
 
 @dataclass(frozen=True)
@@ -300,9 +317,27 @@ def _validate(config: Config) -> None:
         if address.transport == "tls" and not (sip.tls.cert_file and sip.tls.key_file):
             raise ConfigError("sip.tls.cert_file and sip.tls.key_file are needed for tls listen")
     for name, count in (("sip.max_sessions", sip.max_sessions),
-                        ("sip.retry_after", sip.retry_after)):
+                        ("sip.retry_after", sip.retry_after),
+                        ("server.min_free_disk_mb", server.min_free_disk_mb)):
         if count < 0:
             raise ConfigError(f"{name}: must not be negative")
+    for name, count in (("sip.max_connections", sip.max_connections),
+                        ("sip.max_connections_per_source", sip.max_connections_per_source),
+                        ("sip.max_sessions_per_source", sip.max_sessions_per_source),
+                        ("sip.untrusted_rate", sip.untrusted_rate),
+                        ("sip.message_timeout", sip.message_timeout),
+                        ("sip.idle_timeout", sip.idle_timeout),
+                        ("sip.max_streams", sip.max_streams)):
+        if count < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+    try:
+        parse_networks(sip.allow_from)
+    except ValueError as exc:
+        raise ConfigError(f"sip.allow_from: {exc}") from None
+    if sip.sdes_over_plain_sip not in ("refuse", "loopback", "allow"):
+        raise ConfigError("sip.sdes_over_plain_sip: expected refuse, loopback or allow")
+    if sip.tls.ca_file and not (sip.tls.cert_file and sip.tls.key_file):
+        raise ConfigError("sip.tls.ca_file: mutual TLS also needs sip.tls.cert_file and key_file")
     if sip.min_se < 90:
         raise ConfigError("sip.min_se: RFC 4028 forbids less than 90 seconds")
     if sip.session_expires < sip.min_se:
@@ -322,6 +357,14 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name}: up to 8 keys of 0-9 * # A-D, or empty to disable")
     if media.dtmf_pause_sequence and media.dtmf_pause_sequence == media.dtmf_resume_sequence:
         raise ConfigError("media.dtmf_resume_sequence: must differ from the pause sequence")
+    for rule in media.dtmf_control_from:
+        kind, colon, pattern = rule.partition(":")
+        if rule != "*" and not (colon and kind in DTMF_CONTROL_KINDS and pattern.strip()):
+            raise ConfigError(
+                f"media.dtmf_control_from: {rule[:60]!r} is not \"*\", \"label:GLOB\", "
+                "\"aor:GLOB\" or \"number:GLOB\"")
+    if media.rtp_source not in RTP_SOURCE_POLICIES:
+        raise ConfigError(f"media.rtp_source: expected one of {', '.join(RTP_SOURCE_POLICIES)}")
     if media.inactivity_timeout < 5:
         raise ConfigError("media.inactivity_timeout: at least 5 seconds")
     if media.codec_preference not in ("offer", "local"):

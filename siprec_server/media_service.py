@@ -4,23 +4,31 @@ hashes, statistics, the node's signature — in PostgreSQL. Also start-up recove
 a crash left open.
 
 This is the glue between the sans-IO media core (siprec_server/media), the storage layer and the
-recorder; the media core itself never sees a socket, a key store or the database.
+recorder; the media core itself never sees a socket, a key store or the database. The glue
+feeds it each datagram with its source address, tells it from the session's SDP and metadata
+whom to believe (source addresses, which streams' key sequences may pause), and turns what it
+reports into audit events (DTMF and hold pauses; the API audits its own) and the `no_media`
+flag of a recording whose streams never delivered a packet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from uuid import UUID, uuid4
 
+from siprec_server.disk_guard import DiskGuard
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
     CallMedia,
@@ -32,7 +40,11 @@ from siprec_server.media.call import (
 )
 from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
+from siprec_server.media.events import RecordingPaused
 from siprec_server.media.ports import PortAllocator, PortsExhausted
+from siprec_server.media.source import Address, RtpSourcePolicy, offer_address
+from siprec_server.numbers import normalize_number
+from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
 from storage.audit import AuditEvent
@@ -56,6 +68,8 @@ from storage.signing import NodeSigningKey, SigningKeyHolder
 log = get_logger("media")
 
 TICK_INTERVAL = 0.1
+AUDIT_DRAIN_S = 5.0
+"""Seconds close() waits for pause/resume audit events to reach the write-behind."""
 
 
 class MediaStorage(Protocol):
@@ -72,11 +86,12 @@ class MediaStorage(Protocol):
     async def mark_ended(self, recording_id: UUID, state: str, reason: str,
                          at: datetime) -> None: ...
 
-    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]: ...
+    async def record_audit(self, event: AuditEvent, at: datetime, event_id: UUID) -> None: ...
+
+    async def unfinished_media(self, node_id: str,
+                               include_recording: bool = True) -> list[dict[str, Any]]: ...
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
-
-    async def record_audit(self, event: AuditEvent, at: datetime, event_id: UUID) -> None: ...
 
     async def recording_evidence(self, recording_id: UUID
                                  ) -> tuple[list[dict[str, Any]], list[str]]: ...
@@ -87,6 +102,14 @@ class MediaCounters:
     bind_failures: int = 0
     tick_errors: int = 0
     calls_failed: int = 0
+    calls_cut_by_disk: int = 0
+    """Calls ended because recording storage ran low (sealed with what was written)."""
+    left_unsealed: int = 0
+    """Recordings whose final chunk could not be written (ENOSPC); sealed when space is back."""
+    recordings_without_media: int = 0
+    """Sessions none of whose streams delivered an accepted packet (no_media recordings)."""
+    audit_failures: int = 0
+    """Pause/resume audit events the storage refused (logged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +155,36 @@ def channel_map(session: RecordingSession) -> list[ChannelAssignment]:
     return out
 
 
-def stream_spec(stream: NegotiatedStream, channel: int) -> StreamSpec:
+def keypad_control(session: RecordingSession, stream: NegotiatedStream,
+                   rules: Sequence[str]) -> bool:
+    """Whether key sequences on `stream` may pause and resume the recording, by the rules of
+    `[media] dtmf_control_from`: "*" (any stream), "label:GLOB" (its a=label), "aor:GLOB" and
+    "number:GLOB" (a participant the metadata names as a sender of the stream)."""
+    senders: tuple[Participant, ...] = ()
+    if session.metadata is not None and stream.label is not None:
+        senders = session.metadata.senders_of_label(stream.label)
+    for rule in rules:
+        if rule == "*":
+            return True
+        kind, _, pattern = rule.partition(":")
+        if kind == "label":
+            if stream.label is not None and fnmatchcase(stream.label, pattern):
+                return True
+            continue
+        for participant in senders:
+            if participant.aor is None:
+                continue
+            if kind == "aor" and fnmatchcase(participant.aor.lower(), pattern.lower()):
+                return True
+            if kind == "number":
+                number = normalize_number(participant.aor)
+                if number is not None and fnmatchcase(number, pattern):
+                    return True
+    return False
+
+
+def stream_spec(stream: NegotiatedStream, channel: int, *, dtmf_control: bool = True
+                ) -> StreamSpec:
     codec = stream.codec
     codecs = {codec.pt: RtpCodec(codec.name, codec.rate, codec.channels or 1, codec.fmtp)}
     codecs.setdefault(13, RtpCodec("CN", 8000))  # comfort noise is sent unannounced
@@ -149,33 +201,28 @@ def stream_spec(stream: NegotiatedStream, channel: int) -> StreamSpec:
             stream.srtp.unencrypted_srtcp,
             stream.srtp.remote_mki,
         )
-    return StreamSpec(stream.index, channel, codecs, event_pt, srtp, stream.rtcp_mux)
+    return StreamSpec(
+        stream.index, channel, codecs, event_pt, srtp, stream.rtcp_mux,
+        remote_address=offer_address(stream.remote_address),
+        remote_port=stream.remote_port,
+        remote_rtcp_port=stream.remote_rtcp_port,
+        dtmf_control=dtmf_control,
+    )
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
-    """One socket of one m-line; the per-packet path is two calls."""
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    """One socket (RTP or RTCP) of one m-line; the per-packet path is two calls."""
 
     __slots__ = ("_receive", "_index", "_time")
 
-    def __init__(self, receive: Callable[[int, bytes, float], None], index: int,
+    def __init__(self, receive: Callable[[int, bytes, float, Address], None], index: int,
                  time: Callable[[], float]) -> None:
         self._receive = receive
         self._index = index
         self._time = time
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._receive(self._index, data, self._time())
-
-
-class _RtcpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("_receive", "_index")
-
-    def __init__(self, receive: Callable[[int, bytes], None], index: int) -> None:
-        self._receive = receive
-        self._index = index
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._receive(self._index, data)
+        self._receive(self._index, data, self._time(), addr)
 
 
 @dataclass
@@ -190,6 +237,8 @@ class _ActiveCall:
     data_key: bytes
     started: float
     timed_out: bool = False
+    cut: bool = False
+    """Ended for lack of disk space."""
 
 
 class MediaService:
@@ -204,9 +253,13 @@ class MediaService:
         bind_host: str,
         ports: PortAllocator,
         dtmf_control: DtmfControl | None = None,
+        dtmf_control_from: Sequence[str] = ("*",),
         inactivity_timeout: float = 300.0,
+        min_free_bytes: int = 0,
+        rtp_source: RtpSourcePolicy = "offer-address",
     ) -> None:
         self._dir = data_dir / "recordings"
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._storage = storage
         self._keys = keys
         self._signer = signer
@@ -214,13 +267,21 @@ class MediaService:
         self._bind_host = bind_host
         self._ports = ports
         self._dtmf_control = dtmf_control
+        self._dtmf_control_from = tuple(dtmf_control_from)
         self._inactivity_timeout = inactivity_timeout
+        self._rtp_source: RtpSourcePolicy = rtp_source
         self.on_inactive: Callable[[RecordingSession], None] | None = None
         """Called once when a session's media has been silent for the inactivity timeout."""
+        self.on_storage_full: Callable[[RecordingSession], None] | None = None
+        """Called once per call ended for lack of disk space (the recorder hangs it up)."""
+        self.disk = DiskGuard(self._dir, min_free_bytes, on_low=self._cut_all,
+                              on_recovered=self._reseal_later)
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
         self._ticker: asyncio.Task[None] | None = None
+        self._audits: asyncio.Queue[tuple[AuditEvent, datetime, UUID]] = asyncio.Queue()
+        self._auditor: asyncio.Task[None] | None = None
         self.counters = MediaCounters()
         self._finished_packets: Counter[str] = Counter()
 
@@ -268,11 +329,12 @@ class MediaService:
     async def start(self, session: RecordingSession) -> None:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick_forever())
+        if self._auditor is None:
+            self._auditor = asyncio.create_task(self._audit_forever())
         channels = channel_map(session)
         if not channels:
             return
-        by_index = {s.index: s for s in session.streams}
-        specs = [stream_spec(by_index[c.m_index], c.index) for c in channels]
+        specs = self._specs(session, channels)
         rate = recording_rate(specs)
         dek = new_data_key()
         wrapped = wrap_data_key(self._keys.current, dek, session.recording_id)
@@ -287,33 +349,50 @@ class MediaService:
         writer = RecordingFileWriter(
             file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
         )
-        media = CallMedia(specs, len(channels), writer.write, writer.flush, rate=rate,
-                          dtmf_control=self._dtmf_control)
+        started = self._loop.time()
+        media = CallMedia(specs, len(channels), writer.write, writer.flush, started=started,
+                          rate=rate, dtmf_control=self._dtmf_control,
+                          source_policy=self._rtp_source)
+        by_index = {s.index: s for s in session.streams}
         transports: list[asyncio.BaseTransport] = []
         for channel in channels:
             stream = by_index[channel.m_index]
             rtp_sock, rtcp_sock = self._sockets[stream.local_port]
             rtp, _ = await self._loop.create_datagram_endpoint(
-                partial(_RtpProtocol, media.receive_rtp, stream.index, self._loop.time),
+                partial(_DatagramProtocol, media.receive_rtp, stream.index, self._loop.time),
                 sock=rtp_sock,
             )
             rtcp, _ = await self._loop.create_datagram_endpoint(
-                partial(_RtcpProtocol, media.receive_rtcp, stream.index), sock=rtcp_sock
+                partial(_DatagramProtocol, media.receive_rtcp, stream.index, self._loop.time),
+                sock=rtcp_sock,
             )
             transports += [rtp, rtcp]
         self._calls[session.recording_id] = _ActiveCall(
-            session, media, writer, file, path, transports, channels, dek, self._loop.time()
+            session, media, writer, file, path, transports, channels, dek, started
         )
         log.info("media_started", recording_id=str(session.recording_id),
                  channels=len(channels), rate=rate)
 
+    def _specs(self, session: RecordingSession,
+               channels: Sequence[ChannelAssignment]) -> list[StreamSpec]:
+        by_index = {s.index: s for s in session.streams}
+        return [
+            stream_spec(
+                by_index[c.m_index], c.index,
+                dtmf_control=keypad_control(session, by_index[c.m_index],
+                                            self._dtmf_control_from),
+            )
+            for c in channels if c.m_index in by_index
+        ]
+
     async def update(self, session: RecordingSession) -> None:
+        """A new offer or new metadata: media, allowed sources, keypad control, hold."""
         call = self._calls.get(session.recording_id)
         if call is None:
             return
-        by_index = {c.m_index: c.index for c in call.channels}
-        specs = [stream_spec(s, by_index[s.index]) for s in session.streams if s.index in by_index]
-        added = [s.index for s in session.streams if s.index not in by_index and s.kind == "audio"]
+        recorded = {c.m_index for c in call.channels}
+        specs = self._specs(session, call.channels)
+        added = [s.index for s in session.streams if s.index not in recorded and s.kind == "audio"]
         call.media.update_streams(specs)
         if added:
             log.warning("streams_added_mid_call_not_recorded",
@@ -324,6 +403,7 @@ class MediaService:
             call.media.pause(now, "hold")
         else:
             call.media.resume(now, "hold")
+        self._report_events(call)
 
     async def stop(self, session: RecordingSession, reason: str) -> None:
         call = self._calls.pop(session.recording_id, None)
@@ -337,14 +417,29 @@ class MediaService:
             call.file.flush()
             os.fsync(call.file.fileno())
         except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
-            self.counters.calls_failed += 1
-            log.error("media_close_failed", recording_id=str(session.recording_id),
-                      error=repr(exc))
+            if _no_space(exc) or call.cut:
+                # Its final chunk could not be written: the file stays as it is (every complete
+                # chunk readable) and is sealed once there is space again.
+                session.storage_full = True
+                self.counters.left_unsealed += 1
+                self.disk.exhausted()
+                log.error("recording_left_unsealed", recording_id=str(session.recording_id))
+            else:
+                self.counters.calls_failed += 1
+                log.error("media_close_failed", recording_id=str(session.recording_id),
+                          error=repr(exc))
             return
         finally:
-            call.file.close()
+            with contextlib.suppress(OSError):
+                call.file.close()
+        self._report_events(call)
         for stream in report.streams:
             self._finished_packets.update(_packet_counts(stream))
+        if report.no_media:
+            # Not a good 0-second recording: silence as long as the session, flagged.
+            self.counters.recordings_without_media += 1
+            log.warning("recording_without_media", recording_id=str(session.recording_id),
+                        duration_s=round(report.duration, 3), streams=len(report.streams))
         digests = self._metadata_digests(session.recording_id)
         if digests is None:
             _stored, digests = await self._storage.recording_evidence(
@@ -379,6 +474,41 @@ class MediaService:
         call = self._calls.get(recording_id)
         return call.media if call else None
 
+    # ---------------------------------------------------------------- audit of pauses
+
+    def _report_events(self, call: _ActiveCall) -> None:
+        """Queue an audit event for every DTMF and hold pause or resume the core reported.
+        API pauses are audited by the API, with the user who asked."""
+        recording_id = call.session.recording_id
+        for event in call.media.take_events():
+            if event.source == "api":
+                continue
+            action = "paused" if isinstance(event, RecordingPaused) else "resumed"
+            details: dict[str, Any] = {"offset_s": round(event.at, 3)}
+            if event.stream is not None:
+                details["m_index"] = event.stream
+            self._audits.put_nowait((
+                AuditEvent(actor=f"node:{self._node_id}", action=f"recording.{action}",
+                           target=str(recording_id), source=event.source, details=details),
+                datetime.now(UTC),
+                uuid4(),
+            ))
+            log.info(f"recording_{action}", recording_id=str(recording_id),
+                     source=event.source, offset_s=details["offset_s"])
+
+    async def _audit_forever(self) -> None:
+        # One writer, so a call's pause and resume reach the audit chain in order; the tick
+        # loop never waits for the database.
+        while True:
+            event, at, event_id = await self._audits.get()
+            try:
+                await self._storage.record_audit(event, at, event_id)
+            except Exception as exc:  # noqa: BLE001 - counted and logged; recording goes on
+                self.counters.audit_failures += 1
+                log.error("pause_audit_failed", recording_id=event.target, error=repr(exc))
+            finally:
+                self._audits.task_done()
+
     # ---------------------------------------------------------------- ticking
 
     async def _tick_forever(self) -> None:
@@ -390,8 +520,13 @@ class MediaService:
                     call.media.tick(now)
                 except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
                     self.counters.tick_errors += 1
-                    log.error("media_tick_failed", recording_id=str(recording_id),
-                              error=repr(exc))
+                    if _no_space(exc):
+                        self.disk.exhausted()
+                        self._cut(call)
+                    elif not call.cut:
+                        log.error("media_tick_failed", recording_id=str(recording_id),
+                                  error=repr(exc))
+                self._report_events(call)
                 last = call.media.last_packet or call.started
                 if (not call.timed_out and now - last > self._inactivity_timeout
                         and self.on_inactive is not None):
@@ -400,9 +535,41 @@ class MediaService:
                                 seconds=round(now - last))
                     self.on_inactive(call.session)
 
+    # ---------------------------------------------------------------- storage running out
+
+    @property
+    def disk_low(self) -> bool:
+        return self.disk.low
+
+    def _cut_all(self) -> None:
+        for call in list(self._calls.values()):
+            self._cut(call)
+
+    def _cut(self, call: _ActiveCall) -> None:
+        """End a call for lack of space: the recorder hangs up, stop() seals what was written."""
+        if call.cut:
+            return
+        call.cut = True
+        call.session.storage_full = True
+        self.counters.calls_cut_by_disk += 1
+        log.error("recording_cut_disk_low", recording_id=str(call.session.recording_id))
+        if self.on_storage_full is not None:
+            self.on_storage_full(call.session)
+
+    def _reseal_later(self) -> None:
+        task = asyncio.ensure_future(self.recover(include_recording=False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def close(self) -> None:
+        await self.disk.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._auditor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._audits.join(), AUDIT_DRAIN_S)
+            self._auditor.cancel()
+            if not self._audits.empty():
+                log.error("pause_audits_not_written", count=self._audits.qsize())
         for port in list(self._sockets):
             self.release(port)
 
@@ -433,8 +600,9 @@ class MediaService:
             ]
             stream_stats = {s.index: _stream_stats(s) for s in report.streams}
             dtmf = report.dtmf_events
+            no_media = report.no_media
         else:
-            pauses, stream_stats, dtmf = [], {}, 0
+            pauses, stream_stats, dtmf, no_media = [], {}, 0, False
         channel_dicts = [c.as_dict() if isinstance(c, ChannelAssignment) else c for c in channels]
         signed = build_summary(
             recording_id=recording_id, node_id=self._node_id, call_id=call_id,
@@ -442,8 +610,8 @@ class MediaService:
             channels=channel_dicts, plaintext_sha256=summary.plaintext_sha256,
             ciphertext_sha256=summary.ciphertext_sha256,
             plaintext_bytes=summary.plaintext_bytes, ciphertext_bytes=summary.ciphertext_bytes,
-            recovered=recovered, pauses=pauses, dtmf_events=dtmf, streams=stream_stats,
-            participants=participants, metadata_sha256=metadata_sha256,
+            recovered=recovered, pauses=pauses, dtmf_events=dtmf, no_media=no_media,
+            streams=stream_stats, participants=participants, metadata_sha256=metadata_sha256,
         )
         signature = self._signer.sign(signed)
         await self._storage.register_signing_key(
@@ -464,6 +632,7 @@ class MediaService:
                 signature=signature,
                 signing_key_id=self._signer.key_id,
                 stream_stats=stream_stats,
+                no_media=no_media,
             ),
         )
         # The trail vouches for this exact summary: a summary re-signed later with another key
@@ -479,12 +648,16 @@ class MediaService:
         if forget is not None:
             forget(recording_id)
 
-    async def recover(self) -> int:
-        """Seal every file this node left open (a crash): each complete chunk stays readable,
-        the recording is marked interrupted and signed as recovered."""
+    async def recover(self, include_recording: bool = True) -> int:
+        """Seal every file this node left open (a crash, or a disk that filled up): each
+        complete chunk stays readable, the recording is marked interrupted and signed as
+        recovered. At start-up `include_recording` takes the recordings still marked as
+        recording (nothing of this node runs yet); later only those already ended."""
         count = 0
-        for row in await self._storage.unfinished_media(self._node_id):
+        for row in await self._storage.unfinished_media(self._node_id, include_recording):
             recording_id: UUID = row["id"]
+            if recording_id in self._calls:
+                continue
             try:
                 key = await self._storage.recording_key(recording_id)
                 if key is None:
@@ -551,6 +724,10 @@ def _participants_of(session: RecordingSession) -> list[dict[str, Any]]:
         for p in (metadata.participants.values() if metadata else ()))
 
 
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _create_private(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -572,6 +749,8 @@ def _stream_stats(stream: Any) -> dict[str, int]:
         "srtp_replays": counters.srtp_replays,
         "srtp_other_failures": counters.srtp_other_failures,
         "rtcp_packets": counters.rtcp_packets,
+        "foreign_source": counters.foreign_source,
+        "foreign_ssrc": counters.foreign_ssrc,
         "dtmf_events": stats.dtmf_events,
     }
 
@@ -585,6 +764,8 @@ def _packet_counts(stream: StreamReport) -> dict[str, int]:
         "srtp_auth_failures": counters.srtp_auth_failures,
         "srtp_replays": counters.srtp_replays,
         "srtp_other_failures": counters.srtp_other_failures,
+        "foreign_source": counters.foreign_source,
+        "foreign_ssrc": counters.foreign_ssrc,
     }
 
 

@@ -15,14 +15,16 @@ in one session is logged and answered (500/503); it never reaches another sessio
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from siprec_server.logs import get_logger
 from siprec_server.media.ports import PortsExhausted
+from siprec_server.net.source_policy import LOOPBACK, Admission, SourcePolicy, is_loopback
 from siprec_server.numbers import normalize_number
 from siprec_server.sip.events import (
     DialogConfirmed,
@@ -99,6 +101,10 @@ class MediaPort(Protocol):
 
     async def stop(self, session: RecordingSession, reason: str) -> None: ...
 
+    @property
+    def disk_low(self) -> bool:
+        """Recording storage is below its floor: new sessions get 503."""
+
 
 @dataclass(frozen=True, slots=True)
 class RecorderSettings:
@@ -108,6 +114,17 @@ class RecorderSettings:
     max_sessions: int = 500
     retry_after: int = 30
     require_siprec: bool = False
+    sources: SourcePolicy = field(default_factory=lambda: SourcePolicy.from_config(LOOPBACK))
+    max_sessions_per_source: int = 50
+    """Sessions at once from one untrusted source (sip.allow_from "any")."""
+    max_streams: int = 8
+    """m-lines one session may have recorded, i.e. RTP port pairs it may hold."""
+    sdes_over_plain_sip: str = "loopback"
+    """SDES keys over UDP/TCP: "refuse", "loopback" (only from this host) or "allow"."""
+
+
+class TooManyStreams(Exception):
+    pass
 
 
 def _utcnow() -> datetime:
@@ -126,6 +143,14 @@ class RecorderCounters:
     sealed_rejections: int = 0
     """New sessions refused with 503 because the key store was sealed."""
     media_failures: int = 0
+    source_cap_rejections: int = 0
+    """New sessions of an untrusted source refused over sip.max_sessions_per_source."""
+    too_many_streams: int = 0
+    """Offers refused for more m-lines than sip.max_streams."""
+    sdes_refused: int = 0
+    """Offers refused for SRTP keys over unencrypted SIP."""
+    disk_low_rejections: int = 0
+    """New sessions refused because recording storage was below its floor."""
 
 
 class Recorder:
@@ -152,6 +177,8 @@ class Recorder:
         self._locks: dict[UUID, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self._per_source: Counter[str] = Counter()
+        """Sessions in progress by untrusted source address."""
         self.counters = RecorderCounters()
 
     # ---------------------------------------------------------------- wiring
@@ -208,14 +235,31 @@ class Recorder:
             self.counters.db_unavailable_rejections += 1
             self._reject(event.txn, 503, "Recording database unavailable", retry=True)
             return
+        if self._media is not None and self._media.disk_low:
+            self.counters.disk_low_rejections += 1
+            self._reject(event.txn, 503, "Recording storage full", retry=True)
+            return
+        untrusted = self.settings.sources.admission(event.peer.host) is not Admission.TRUSTED
+        if untrusted and self._per_source[event.peer.host] >= self.settings.max_sessions_per_source:
+            self.counters.source_cap_rejections += 1
+            self._reject(event.txn, 503, "Too many sessions from this source", retry=True)
+            return
         try:
             offer, document, xml = self._decode(request, initial=True)
         except Rejection as rejection:
             self._reject(event.txn, rejection.status, rejection.reason, rejection.headers)
             return
         assert offer is not None
+        if not self._keys_may_travel(offer, event.peer.transport, event.peer.host):
+            self.counters.sdes_refused += 1
+            self._reject(event.txn, 488, "SRTP keys over unencrypted SIP refused",
+                         (("Warning", '399 srs "SDES keys need SIP over TLS"'),))
+            return
         now = self._clock()
         session = RecordingSession(recording_id=uuid4(), call_id=request.call_id, started_at=now)
+        session.source = event.peer.host if untrusted else None
+        if session.source is not None:
+            self._per_source[session.source] += 1
         self._pending[event.txn] = session
         lock = self._locks[session.recording_id] = asyncio.Lock()
         async with lock:
@@ -241,6 +285,11 @@ class Recorder:
         except PortsExhausted:
             self._discard(event.txn, session)
             self._reject(event.txn, 503, "No RTP ports left", retry=True)
+            return
+        except TooManyStreams as exc:
+            self._discard(event.txn, session)
+            self._reject(event.txn, 488, "Too many media streams",
+                         (("Warning", f'304 srs "{exc}"'),))
             return
         if document is not None:
             session.apply_metadata(document, now)
@@ -323,11 +372,19 @@ class Recorder:
         body = b""
         headers: list[tuple[str, str]] = []
         if offer is not None:
+            if not self._keys_may_travel(offer, event.peer.transport, event.peer.host):
+                self.counters.sdes_refused += 1
+                self.sip.respond(event.txn, 488, reason="SRTP keys over unencrypted SIP refused")
+                return
             try:
                 self._negotiate(session, offer)
             except NoAcceptableMedia as exc:
                 self.sip.respond(event.txn, 488, headers=[
                     ("Warning", f'304 srs "{_quote(str(exc))[:200]}"')])
+                return
+            except TooManyStreams as exc:
+                self.sip.respond(event.txn, 488, reason="Too many media streams",
+                                 headers=[("Warning", f'304 srs "{exc}"')])
                 return
             except PortsExhausted:
                 self.sip.respond(event.txn, 503, reason="No RTP ports left",
@@ -354,7 +411,8 @@ class Recorder:
             session.recording_id, _metadata_event(now, request.method, document, xml),
             _session_rows(session))
         self.sip.respond(event.txn, 200, headers=headers, body=body)
-        if self._media is not None and offer is not None:
+        if self._media is not None and (offer is not None or document is not None):
+            # New metadata can change who sends a stream, and so whose keys may pause.
             await self._media.update(session)
 
     # ---------------------------------------------------------------- endings
@@ -364,13 +422,16 @@ class Recorder:
         if session is None:
             return
         async with self._locks[session.recording_id]:
-            await self._finish(session, "failed" if session.media_failed else "complete", reason)
+            state = ("failed" if session.media_failed
+                     else "interrupted" if session.storage_full else "complete")
+            await self._finish(session, state, reason)
 
     async def _finish(self, session: RecordingSession, state: str, reason: str) -> None:
         if session.state is SessionState.ENDED:
             return
         session.transition(SessionState.ENDED)
         session.end_reason = reason
+        self._forget_source(session)
         if self._media is not None and session.dialog_id is not None:
             await self._media.stop(session, reason)
         for port in session.ports.values():
@@ -429,8 +490,12 @@ class Recorder:
         """Ports first (every m-line that can be accepted gets one, kept for the session),
         then the pure negotiation."""
         taken: list[int] = []
+        acceptable = acceptable_m_lines(offer, self.settings.answer)
+        if len(set(acceptable) | set(session.ports)) > self.settings.max_streams:
+            self.counters.too_many_streams += 1
+            raise TooManyStreams(f"at most {self.settings.max_streams} recorded streams")
         try:
-            for index in acceptable_m_lines(offer, self.settings.answer):
+            for index in acceptable:
                 if index not in session.ports:
                     session.ports[index] = self._ports.allocate()
                     taken.append(index)
@@ -465,7 +530,23 @@ class Recorder:
         log.info("invite_rejected", status=status, reason=reason)
         self.sip.respond(txn, status, reason=reason, headers=extra)
 
+    def _keys_may_travel(self, offer: SessionDescription, transport: str, host: str) -> bool:
+        """SDES puts the SRTP master keys in the SDP: over UDP or TCP anyone on the path reads
+        them. Taken over TLS always; otherwise as sip.sdes_over_plain_sip says."""
+        if transport == "tls" or not any(m.crypto for m in offer.media):
+            return True
+        policy = self.settings.sdes_over_plain_sip
+        return policy == "allow" or (policy == "loopback" and is_loopback(host))
+
+    def _forget_source(self, session: RecordingSession) -> None:
+        if session.source is not None:
+            self._per_source[session.source] -= 1
+            if self._per_source[session.source] <= 0:
+                del self._per_source[session.source]
+            session.source = None
+
     def _discard(self, txn: str, session: RecordingSession) -> None:
+        self._forget_source(session)
         self._pending.pop(txn, None)
         self._locks.pop(session.recording_id, None)
         for port in session.ports.values():

@@ -33,6 +33,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: disk full, too many connections
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,  # the connection or the pool is closed under us
+    # "cannot switch to state ...; another operation is in progress": a statement on this
+    # connection was cut off (the server died, or our timeout cancelled it) and the connection
+    # can run nothing more; the pool replaces it, a retry on a fresh one will do.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -43,13 +47,29 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 async def guarded(work: Awaitable[_T], timeout: float = DEFAULT_OPERATION_TIMEOUT_S) -> _T:
-    """Run one database operation within `timeout`, translating unavailability."""
+    """Run one database operation within `timeout`, translating unavailability.
+
+    A transaction whose connection died (or whose statement the timeout cancelled) fails in its
+    clean-up with whatever the broken connection says; the cause is still that the database
+    stopped answering, so that is unavailability too."""
+    deadline = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadline:
             return await work
     except StorageUnavailable:
         raise
     except Exception as exc:
-        if is_unavailable(exc):
+        if deadline.expired() or _caused_by_unavailability(exc):
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
         raise
+
+
+def _caused_by_unavailability(exc: BaseException) -> bool:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if is_unavailable(current):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False

@@ -114,8 +114,10 @@ class RecordingStore:
 
     # ------------------------------------------------------------ start-up reads
 
-    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]:
-        return await guarded(recordings.unfinished_media(self._pool, node_id), self._timeout)
+    async def unfinished_media(self, node_id: str,
+                               include_recording: bool = True) -> list[dict[str, Any]]:
+        return await guarded(recordings.unfinished_media(self._pool, node_id,
+                                                         include_recording), self._timeout)
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None:
         return await guarded(recordings.get_recording_key(self._pool, recording_id),

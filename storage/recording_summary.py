@@ -89,7 +89,7 @@ def build_summary(
     plaintext_sha256: bytes, ciphertext_sha256: bytes, plaintext_bytes: int,
     ciphertext_bytes: int, recovered: bool, pauses: list[dict[str, Any]], dtmf_events: int,
     streams: Mapping[int, Mapping[str, int]], participants: list[dict[str, Any]],
-    metadata_sha256: Sequence[str],
+    metadata_sha256: Sequence[str], no_media: bool = False,
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -107,6 +107,7 @@ def build_summary(
         "recovered": recovered,
         "pauses": pauses,
         "dtmf_events": dtmf_events,
+        "no_media": no_media,
         "streams": {str(k): dict(v) for k, v in sorted(streams.items())},
         "participants": participants,
         "metadata_sha256": list(metadata_sha256),

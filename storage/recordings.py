@@ -331,12 +331,16 @@ async def get_signing_key(db: Executor, key_id: str) -> bytes | None:
     return bytes(value) if value is not None else None
 
 
-async def unfinished_media(db: Executor, node_id: str) -> list[dict[str, Any]]:
-    """Recordings this node was writing when it stopped (start-up recovery)."""
+async def unfinished_media(db: Executor, node_id: str,
+                           include_recording: bool = True) -> list[dict[str, Any]]:
+    """Recordings of this node whose file was never sealed: those it was writing when it
+    stopped (start-up recovery, `include_recording`), and those that ended without their final
+    chunk (the disk was full)."""
     rows = await db.fetch(
         """SELECT id, call_id, started_at, file_path, channels, sample_rate FROM recordings
-           WHERE node_id = $1 AND state = 'recording' AND file_path IS NOT NULL""",
-        node_id,
+           WHERE node_id = $1 AND file_path IS NOT NULL AND signature IS NULL
+             AND (state = 'interrupted' OR ($2 AND state = 'recording'))""",
+        node_id, include_recording,
     )
     return [dict(r) for r in rows]
 

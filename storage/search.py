@@ -175,7 +175,7 @@ class _Statement:
 
 _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state, r.started_at,
     r.answered_at, r.ended_at, r.end_reason, r.duration_ms, r.channels, r.pauses, r.dtmf_events,
-    r.erased_at, r.erased_by, r.erasure_reason"""
+    r.erased_at, r.erased_by, r.erasure_reason, r.no_media"""
 
 
 def _scope_predicate(scope: ScopeSql | None, statement: _Statement, alias: str) -> str | None:
@@ -402,6 +402,7 @@ def recording_view(
         "ended_at": rfc3339(row["ended_at"]),
         "end_reason": row["end_reason"],
         "duration_s": _seconds(row["duration_ms"]),
+        "no_media": row["no_media"],
         "participants": [_participant_view(p) for p in participants],
         "channels": [_channel_view(c) for c in row["channels"] or ()],
         "streams": [_stream_view(s, full_stats=full_stats) for s in streams],

@@ -206,8 +206,9 @@ class WriteBehind:
 
     # ------------------------------------------------------------ start-up reads (need the database)
 
-    async def unfinished_media(self, node_id: str) -> list[dict[str, Any]]:
-        return await self.store.unfinished_media(node_id)
+    async def unfinished_media(self, node_id: str,
+                               include_recording: bool = True) -> list[dict[str, Any]]:
+        return await self.store.unfinished_media(node_id, include_recording)
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None:
         return await self.store.recording_key(recording_id)
@@ -267,7 +268,9 @@ class WriteBehind:
         while True:
             try:
                 await self.store.ping()
-            except StorageUnavailable:
+            except Exception as exc:  # noqa: BLE001 - the probe must outlive any failure
+                if not isinstance(exc, StorageUnavailable):
+                    log.error("database_probe_failed", error=repr(exc)[:200])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _PROBE_MAX_S)
                 continue

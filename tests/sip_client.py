@@ -98,9 +98,11 @@ class Dialog:
 class SipTestClient:
     """One socket (UDP, or a TCP connection) to the server."""
 
-    def __init__(self, transport: str, server: tuple[str, int]) -> None:
+    def __init__(self, transport: str, server: tuple[str, int],
+                 local_host: str = "127.0.0.1") -> None:
         self.transport = transport
         self.server = server
+        self.local_host = local_host
         self.port = 0
         self._queue: asyncio.Queue[SipRequest | SipResponse] = asyncio.Queue()
         self._udp: asyncio.DatagramTransport | None = None
@@ -117,12 +119,13 @@ class SipTestClient:
                     queue.put_nowait(parse_message(data))
 
             transport, _ = await loop.create_datagram_endpoint(
-                Proto, local_addr=("127.0.0.1", 0)
+                Proto, local_addr=(self.local_host, 0)
             )
             self._udp = transport  # type: ignore[assignment]
             self.port = transport.get_extra_info("sockname")[1]
         else:
-            reader, writer = await asyncio.open_connection(*self.server)
+            reader, writer = await asyncio.open_connection(
+                *self.server, local_addr=(self.local_host, 0))
             self._writer = writer
             self.port = writer.get_extra_info("sockname")[1]
             self._reader_task = asyncio.create_task(self._read_stream(reader))

@@ -35,6 +35,7 @@ from operator import itemgetter
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from .codecs import (
     AudioDecoder,
@@ -77,6 +78,9 @@ _MAX_SOURCES: Final = 8
 _DTMF_GUARD_BEFORE: Final = 0.02
 _DTMF_GUARD_AFTER: Final = 0.04
 """Audio blanked around a key press, seconds: detectors report a tone late, tails ring on."""
+_DTMF_FADE: Final = 0.005
+"""Seconds over which audio fades out into a blank and back in after it: a hard cut is a click
+whose energy spreads across the spectrum (far enough to look like a key tone to a detector)."""
 _DTMF_UPDATE_GAP: Final = 0.06
 """An event whose end packet never came may have lasted one update interval (50 ms, RFC 4733
 2.5.1.2) beyond its last known duration; its blank covers that too."""
@@ -218,6 +222,9 @@ class StreamTimeline:
         self._max_packets = max(256, int(max_buffer * 500))
         self._guard_before = int(_DTMF_GUARD_BEFORE * rate)
         self._guard_after = int(_DTMF_GUARD_AFTER * rate)
+        fade = max(1, int(_DTMF_FADE * rate))
+        self._fade_out = (0.5 + 0.5 * np.cos(np.pi * np.arange(1, fade + 1) / (fade + 1)))
+        self._fade_in = self._fade_out[::-1].copy()
         self._update_gap = int(_DTMF_UPDATE_GAP * rate)
         self._open_timeout = int(_DTMF_OPEN_TIMEOUT * rate)
 
@@ -575,8 +582,10 @@ class StreamTimeline:
         return True
 
     def _blank(self, out: Pcm, start: int, end: int) -> None:
-        """Silence key presses in [start, end); end events that never sent an end packet."""
+        """Silence key presses in [start, end), fading the audio out just before each blank
+        and in just after it; end events that never sent an end packet."""
         keep: list[list[int]] = []
+        fade = len(self._fade_out)
         for blank in self._blanks:
             b0, b1 = blank[0], blank[1]
             if b1 < 0 and end - blank[2] > self._open_timeout:
@@ -590,6 +599,17 @@ class StreamTimeline:
             lo = max(b0, start)
             if stop > lo:
                 out[lo - start : stop - start] = 0
-            if b1 < 0 or b1 > end:
+            _ramp(out, start, end, b0 - fade, self._fade_out)
+            if b1 >= 0:
+                _ramp(out, start, end, b1, self._fade_in)
+            if b1 < 0 or b1 + fade > end:
                 keep.append(blank)
         self._blanks = keep
+
+
+def _ramp(out: Pcm, start: int, end: int, at: int, gains: npt.NDArray[np.float64]) -> None:
+    """Scale the timeline samples [at, at + len(gains)) that lie in out = [start, end)."""
+    lo, hi = max(at, start), min(at + len(gains), end)
+    if hi > lo:
+        part = out[lo - start : hi - start]
+        out[lo - start : hi - start] = np.rint(part * gains[lo - at : hi - at]).astype(np.int16)

@@ -607,6 +607,11 @@ class StreamFramer:
         """CRLFs seen between messages since the last ping was counted."""
         self.pings = 0
 
+    @property
+    def in_progress(self) -> bool:
+        """Whether part of a message is buffered (the sender owes us the rest)."""
+        return bool(self._buffer.strip(b"\r\n"))
+
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         messages: list[bytes] = []

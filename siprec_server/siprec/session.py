@@ -51,6 +51,10 @@ class RecordingSession:
     end_reason: str | None = None
     media_failed: bool = False
     """The media could not be set up after the answer; the session ends as failed."""
+    storage_full: bool = False
+    """Recording storage ran out: the session ends as interrupted."""
+    source: str | None = None
+    """The untrusted source address this session counts against (None when trusted)."""
 
     def transition(self, new: SessionState) -> None:
         if new not in _ALLOWED[self.state]:

@@ -119,8 +119,11 @@ async def test_fifty_srtp_calls_lose_nothing_through_a_30_second_database_outage
 
     short = await loadgen(sip_port, CALLS_PER_GROUP, SHORT_CALL_S)
     long = await loadgen(sip_port, CALLS_PER_GROUP, LONG_CALL_S, "--hold", "8:10")
-    await asyncio.sleep(4.0)  # every call answered and recording
-    assert server.recorder.active_sessions == 2 * CALLS_PER_GROUP
+    deadline = loop.time() + 20
+    while server.recorder.active_sessions < 2 * CALLS_PER_GROUP:  # every call answered
+        assert loop.time() < deadline, server.recorder.active_sessions
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # and recording
 
     os.kill(postmaster_pid(own_cluster), signal.SIGKILL)
     killed_at = loop.time()

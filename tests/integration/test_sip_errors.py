@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import socket
@@ -769,3 +770,107 @@ async def test_rtp_port_held_by_another_process_is_not_counted_as_ours(
                 await wait_for_state(srv, dialog.call_id, "complete")
             assert srv.recorder.active_sessions == 0
             assert srv.media.ports_in_use == 0
+
+
+# ---------------------------------------------------------------------------- what SRCs get wrong
+# Issue 7.7: tolerated where the dialog is known without doubt (logged, counted); sip.strict
+# keeps the RFC 3261 answers.
+
+
+def unclosed_contact(data: bytes) -> bytes:
+    """An INVITE of `invite()` whose Contact lacks its closing '>'."""
+    fixed = re.sub(rb"(?m)^(Contact: <[^>\r\n]*)>", rb"\1", data, count=1)
+    assert fixed != data
+    return fixed
+
+
+async def invite_unacknowledged(src: SipTestClient, data: bytes) -> tuple[SipResponse, Dialog]:
+    """Send an INVITE, take its 200 and build the dialog, but send no ACK."""
+    request = parse_request(data)
+    src.send(data)
+    response = await src.response("INVITE")
+    assert response.status == 200, response.reason
+    contact = response.headers.get("Contact") or ""
+    return response, Dialog(call_id=request.call_id,
+                            from_header=request.headers.get("From") or "",
+                            to_header=response.headers.get("To") or "",
+                            request_uri=contact[contact.find("<") + 1 : contact.find(">")],
+                            cseq=request.cseq[0])
+
+
+async def test_ack_with_wrong_cseq_and_no_to_tag_confirms_the_call_and_reinvite_is_answered(
+    server: RunningServer,
+) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        _, dialog = await invite_unacknowledged(src, invite(src))
+        # A script that numbers its ACK like a new request and forgets the SRS's To tag.
+        untagged = dataclasses.replace(dialog, to_header=dialog.to_header.split(";tag=")[0])
+        src.send(src.request("ACK", untagged, cseq=dialog.cseq + 1))
+        # The 200 is acknowledged: not repeated (T1 = 500 ms), no BYE for want of an ACK.
+        assert await src.no_message(1.2)
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, body=multipart(), content_type=content_type))
+        assert (await src.response("INVITE")).status == 200  # not 491
+        src.send(src.ack(dialog, dialog.cseq))
+        assert (await src.bye(dialog)).status == 200
+        await wait_for_state(server, dialog.call_id, "complete")
+    assert server.sip.agent.counters.tolerated_ack_mismatch == 1
+    await nothing_held(server)
+
+
+async def test_bye_with_a_cseq_below_the_last_reinvite_ends_the_recording_at_once(
+    server: RunningServer,
+) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        response, dialog = await src.invite(invite(src))
+        assert response.status == 200 and dialog is not None
+        # CSeq counted per method: re-INVITE 10, then BYE 3.
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, cseq=10, body=multipart(),
+                             content_type=content_type))
+        assert (await src.response("INVITE")).status == 200
+        src.send(src.ack(dialog, 10))
+        src.send(src.request("BYE", dialog, cseq=3))
+        assert (await src.response("BYE")).status == 200
+        # Ended now, not at the media inactivity timeout.
+        row = await wait_for_state(server, dialog.call_id, "complete")
+        assert row["end_reason"] == "bye"
+    assert server.sip.agent.counters.tolerated_low_cseq_bye == 1
+    await nothing_held(server)
+
+
+async def test_contact_without_closing_bracket_is_recorded(server: RunningServer) -> None:
+    async with SipTestClient("udp", sip_address(server, "udp")) as src:
+        response, dialog = await invite_as_is(src, unclosed_contact(invite(src)))
+        assert response.status == 200 and dialog is not None
+        await wait_for_state(server, dialog.call_id, "recording")
+        assert (await src.bye(dialog)).status == 200
+        await wait_for_state(server, dialog.call_id, "complete")
+    assert server.sip.agent.counters.tolerated_unclosed_contact == 1
+    await nothing_held(server)
+
+
+async def test_strict_server_keeps_the_rfc_3261_answers(db_dsn: str, data_dir: Path) -> None:
+    async with own_server(db_dsn, data_dir, sip__strict="true") as srv, \
+            SipTestClient("udp", sip_address(srv, "udp")) as src:
+        response, dialog = await src.invite(unclosed_contact(invite(src)))
+        assert response.status == 400 and dialog is None
+        # An ACK with the wrong CSeq is ignored: the 200 keeps coming.
+        _, dialog = await invite_unacknowledged(src, invite(src))
+        src.send(src.request("ACK", dialog, cseq=dialog.cseq + 1))
+        assert (await src.response("INVITE", timeout=1.2)).status == 200
+        src.send(src.ack(dialog, dialog.cseq))
+        content_type = f"multipart/mixed;boundary={BOUNDARY}"
+        src.send(src.request("INVITE", dialog, cseq=10, body=multipart(),
+                             content_type=content_type))
+        assert (await src.response("INVITE")).status == 200
+        src.send(src.ack(dialog, 10))
+        src.send(src.request("BYE", dialog, cseq=3))
+        assert (await src.response("BYE")).status == 500
+        await wait_for_state(srv, dialog.call_id, "recording")
+        src.send(src.request("BYE", dialog, cseq=11))
+        assert (await src.response("BYE")).status == 200
+        await wait_for_state(srv, dialog.call_id, "complete")
+    counters = srv.sip.agent.counters
+    assert (counters.tolerated_ack_mismatch, counters.tolerated_low_cseq_bye,
+            counters.tolerated_unclosed_contact) == (0, 0, 0)

@@ -189,3 +189,64 @@ async def test_plaintext_on_the_tls_port_gets_no_sip_answer(
         response = await src.response("OPTIONS")
         assert response.status == 200
         assert "siprec" in response.headers.tokens("Supported")
+
+
+def client_ca_and_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA for SRCs, and an SBC's client certificate (and key) it issued."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "siprec-test-src-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    client = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbc1.example.com")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / "src-ca.pem", directory / "sbc-cert.pem",
+                                    directory / "sbc-key.pem")
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_file, cert_file, key_file
+
+
+async def test_mutual_tls_admits_only_srcs_with_a_certificate_from_the_configured_ca(
+    db_dsn: str, data_dir: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert_file, key_file = certificate
+    ca_file, sbc_cert, sbc_key = client_ca_and_certificate(tmp_path)
+    async with own_server(
+        db_dsn, data_dir, sip__listen="tls:127.0.0.1:0",
+        sip__tls__cert_file=str(cert_file), sip__tls__key_file=str(key_file),
+        sip__tls__ca_file=str(ca_file),
+    ) as srv:
+        address = sip_address(srv, "tls")
+        # No client certificate: the handshake (TLS 1.3: the first read) fails, nothing recorded.
+        anonymous = pinned_context(cert_file)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            reader, writer = await asyncio.open_connection(*address, ssl=anonymous)
+            writer.write(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        # The SBC's certificate: the call is recorded.
+        trusted = pinned_context(cert_file)
+        trusted.load_cert_chain(sbc_cert, sbc_key)
+        async with TlsSipTestClient(address, trusted) as src:
+            response, dialog = await src.invite(interop_case("rfc7866_1"))
+            assert response.status == 200 and dialog is not None
+            assert (await src.bye(dialog)).status == 200
+        assert int(await srv.db.fetchval("SELECT count(*) FROM recordings")) == 1

@@ -73,6 +73,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"SIPREC_MEDIA__SRTP_SUITES": "NULL_CIPHER"}, "media.srtp_suites"),
         ({"SIPREC_API__LISTEN": "localhost"}, "api.listen"),
         ({"SIPREC_MEDIA__ADVERTISED_ADDRESS": "not-an-ip"}, "media.advertised_address"),
+        ({"SIPREC_MEDIA__RTP_SOURCE": "anyone"}, "media.rtp_source"),
+        ({"SIPREC_MEDIA__DTMF_CONTROL_FROM": "agent"}, "media.dtmf_control_from"),
+        ({"SIPREC_MEDIA__DTMF_CONTROL_FROM": "aor:"}, "media.dtmf_control_from"),
+        ({"SIPREC_MEDIA__DTMF_CONTROL_FROM": "ssrc:1"}, "media.dtmf_control_from"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(env: dict[str, str], names: str) -> None:

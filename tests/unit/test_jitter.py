@@ -457,6 +457,17 @@ def test_key_press_is_blanked_and_reported_once() -> None:
     assert timeline.stats.dtmf_events == 1
 
 
+def test_audio_fades_into_and_out_of_a_blank_instead_of_clicking() -> None:
+    # A hard cut of the voice at the blank's edges is a click whose energy spreads far enough
+    # up the spectrum to look like a key tone; 5 ms raised-cosine ramps outside the blank.
+    out = play(StreamTimeline(PCMU_DTMF, output_rate=8000), dtmf_call(), end=3.0)
+    before = np.abs(out[round(0.975 * 8000) : round(0.98 * 8000)].astype(float))
+    after = np.abs(out[round(1.24 * 8000) : round(1.245 * 8000)].astype(float))
+    peak = np.abs(out[round(0.6 * 8000) : round(0.9 * 8000)]).max()
+    assert before[-4:].max() < 0.2 * peak and after[:4].max() < 0.2 * peak
+    assert before[:4].max() > 0.5 * peak and after[-4:].max() > 0.5 * peak
+
+
 @pytest.mark.parametrize("output_rate", [16000, 48000])
 def test_key_press_is_blanked_at_other_recording_rates(output_rate: int) -> None:
     packets = dtmf_call(code=11)

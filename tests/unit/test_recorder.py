@@ -71,6 +71,8 @@ class FakePorts:
 
 
 class FakeMedia:
+    disk_low = False
+
     def __init__(self) -> None:
         self.started: list[UUID] = []
         self.stopped: list[UUID] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+import structlog
 
 from siprec_server.sip.agent import SipAgent
 from siprec_server.sip.events import (
@@ -89,7 +90,7 @@ def test_retransmitted_invite_before_the_answer_gets_the_100_again_and_no_event(
     agent.receive(invite, SRC_UDP, 0.5)
     assert statuses(sent(agent)) == [100]
     assert events(agent) == []
-    assert agent.stats["retransmissions_absorbed"] == 1
+    assert agent.counters.retransmissions_absorbed == 1
 
 
 def test_retransmitted_invite_after_a_180_gets_the_180() -> None:
@@ -208,7 +209,7 @@ def test_unanswered_invite_gets_408_after_64_t1() -> None:
     out = run_until(agent, 64 * T1)
     assert statuses(out) == [408]
     assert agent.respond(txn, 200, 40.0, body=SDP) is False
-    assert agent.stats["unanswered"] == 1
+    assert agent.counters.unanswered == 1
 
 
 def test_accepted_invite_transaction_absorbs_retransmissions_until_timer_l() -> None:
@@ -904,15 +905,15 @@ def test_unrespondable_garbage_is_dropped_silently() -> None:
     agent.receive(request("INVITE", omit=["Call-ID"]), SRC_UDP, 0.0)
     agent.receive(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", SRC_UDP, 0.0)  # TLS hello
     assert sent(agent) == [] and events(agent) == []
-    assert agent.stats["parse_errors"] == 2
+    assert agent.counters.parse_errors == 2
 
 
 def test_crlf_keepalive_datagrams_are_not_errors() -> None:
     agent = make_agent()
     agent.receive(b"\r\n\r\n", SRC_UDP, 0.0)
     agent.receive(b"\r\n", SRC_UDP, 0.0)
-    assert sent(agent) == [] and agent.stats["parse_errors"] == 0
-    assert agent.stats["keepalives"] == 2
+    assert sent(agent) == [] and agent.counters.parse_errors == 0
+    assert agent.counters.keepalives == 2
 
 
 def test_cseq_method_mismatch_gets_400() -> None:
@@ -1153,3 +1154,194 @@ def test_call_helper_is_consistent() -> None:
     call = establish(agent)
     assert isinstance(call, Call)
     assert agent.dialog_ids() == [call.dialog]
+
+
+# ---------------------------------------------------------------- what SRCs get wrong (issue 7.7)
+# Tolerated where the dialog is still known without doubt (Call-ID, From-tag, and for an ACK
+# the INVITE's branch or the dialog), logged with ids only and counted; `strict` keeps RFC 3261.
+
+
+def reinvite_answered(agent: SipAgent, call: Call, now: float, **kwargs: object) -> Sent:
+    agent.receive(call.in_dialog("INVITE", body=SDP, **kwargs), call.peer, now)
+    assert statuses(sent(agent)) == [100]
+    (event,) = events(agent)
+    assert isinstance(event, RequestReceived)
+    assert agent.respond(event.txn, 200, now, body=SDP)
+    (ok,) = sent(agent)
+    return ok
+
+
+def ack(*, cseq: int, to_tag: str | None, branch: str | None = None) -> bytes:
+    """An ACK of a 2xx from the SRC (a new branch unless one is given)."""
+    return request("ACK", cseq=cseq, to_tag=to_tag, branch=branch or new_branch())
+
+
+@pytest.mark.parametrize(
+    "cseq, to_tag, mismatch",
+    [(2, "ours", "cseq"), (1, "not-ours", "to-tag"), (1, None, "to-tag"), (7, None, "cseq+to-tag")],
+)
+def test_ack_with_a_wrong_cseq_or_to_tag_still_confirms_the_dialog(
+    cseq: int, to_tag: str | None, mismatch: str
+) -> None:
+    agent = make_agent()
+    call = establish(agent, ack=False)
+    with structlog.testing.capture_logs() as logs:
+        tag = call.to_tag if to_tag == "ours" else to_tag
+        agent.receive(ack(cseq=cseq, to_tag=tag), SRC_UDP, 0.2)
+    assert events(agent) == [DialogConfirmed(call.dialog)]
+    assert retransmission_times(run_until(agent, 20.0), 200) == []  # the 2xx is acknowledged
+    assert agent.counters.tolerated_ack_mismatch == 1
+    # Logged with ids only: no number, name or URI of the call.
+    assert logs == [
+        {
+            "event": "sip_ack_mismatch_tolerated",
+            "dialog": call.dialog,
+            "mismatch": mismatch,
+            "log_level": "warning",
+        }
+    ]
+    # The next re-INVITE is answered, not refused with 491.
+    agent.receive(call.in_dialog("INVITE", body=SDP), SRC_UDP, 21.0)
+    assert statuses(sent(agent)) == [100]
+
+
+def test_reinvite_ack_with_a_stale_cseq_acknowledges_its_2xx() -> None:
+    # Scripts that keep "CSeq: 1 ACK" for every ACK of the dialog.
+    agent = make_agent()
+    call = establish(agent)
+    reinvite_answered(agent, call, 1.0)
+    agent.receive(ack(cseq=1, to_tag=call.to_tag), SRC_UDP, 1.1)
+    assert events(agent) == []  # confirmed already, nothing new for the transaction user
+    assert retransmission_times(run_until(agent, 40.0), 200) == []
+    assert agent.dialog_ids() == [call.dialog]  # no BYE for want of an ACK
+    agent.receive(call.in_dialog("INVITE", body=SDP), SRC_UDP, 41.0)
+    assert statuses(sent(agent)) == [100]
+
+
+def test_ack_naming_no_dialog_is_taken_only_if_one_dialog_has_its_call_id_and_from_tag() -> None:
+    agent = make_agent()
+    branch = new_branch()
+    first = request("INVITE", body=SDP, branch=branch)
+    second = request("INVITE", body=SDP)  # same Call-ID and From tag, another transaction
+    for invite in (first, second):
+        txn = invite_received(agent, invite)
+        agent.respond(txn, 200, 0.0, body=SDP)
+        sent(agent)
+    agent.receive(ack(cseq=1, to_tag="x"), SRC_UDP, 0.1)
+    assert events(agent) == [] and agent.counters.tolerated_ack_mismatch == 0
+    assert agent.counters.dropped == 1
+    # With the branch of the first INVITE there is no doubt which 2xx it acknowledges.
+    agent.receive(ack(cseq=1, to_tag="x", branch=branch), SRC_UDP, 0.2)
+    (confirmed,) = events(agent)
+    assert isinstance(confirmed, DialogConfirmed)
+    assert agent.counters.tolerated_ack_mismatch == 1
+
+
+def test_late_ack_of_a_491_is_not_taken_for_the_ack_of_our_2xx() -> None:
+    agent = make_agent()
+    call = establish(agent)
+    reinvite_answered(agent, call, 1.0)
+    glare_branch = new_branch()
+    agent.receive(call.in_dialog("INVITE", body=SDP, branch=glare_branch), SRC_UDP, 1.1)
+    assert statuses(sent(agent)) == [491]
+    glare_ack = ack(cseq=call.cseq, to_tag=call.to_tag, branch=glare_branch)
+    agent.receive(glare_ack, SRC_UDP, 1.2)
+    agent.receive(glare_ack, SRC_UDP, 1.3)  # its retransmission
+    assert agent.counters.tolerated_ack_mismatch == 0
+    assert retransmission_times(run_until(agent, 2.0), 200) == [1.5]  # still unacknowledged
+    agent.receive(ack(cseq=call.cseq - 1, to_tag=call.to_tag), SRC_UDP, 2.0)
+    assert retransmission_times(run_until(agent, 40.0), 200) == []
+
+
+def test_strict_agent_ignores_an_ack_with_a_wrong_cseq_or_to_tag() -> None:
+    agent = make_agent(strict=True)
+    call = establish(agent, ack=False)
+    agent.receive(ack(cseq=2, to_tag=call.to_tag), SRC_UDP, 0.2)
+    agent.receive(ack(cseq=1, to_tag="not-ours"), SRC_UDP, 0.3)
+    assert events(agent) == []
+    assert retransmission_times(run_until(agent, 2.0), 200) == [0.5, 1.5]
+    agent.receive(call.in_dialog("INVITE", body=SDP), SRC_UDP, 2.0)
+    assert statuses(sent(agent)) == [491]
+    assert agent.counters.tolerated_ack_mismatch == 0
+
+
+def test_bye_with_a_cseq_below_the_last_reinvite_ends_the_dialog() -> None:
+    # Scripts that count CSeq per method: re-INVITE 10, then BYE 2.
+    agent = make_agent()
+    call = establish(agent)
+    call.cseq = 9
+    reinvite_answered(agent, call, 1.0)
+    agent.receive(ack(cseq=10, to_tag=call.to_tag), SRC_UDP, 1.1)
+    with structlog.testing.capture_logs() as logs:
+        agent.receive(call.in_dialog("BYE", cseq=2), SRC_UDP, 2.0)
+    assert statuses(sent(agent)) == [200]
+    assert events(agent) == [DialogEnded(call.dialog, "bye")]
+    assert agent.counters.tolerated_low_cseq_bye == 1
+    assert [(e["event"], e["dialog"]) for e in logs] == [
+        ("sip_low_cseq_bye_tolerated", call.dialog)
+    ]
+
+
+def test_strict_agent_refuses_a_bye_with_a_lower_cseq_with_500() -> None:
+    agent = make_agent(strict=True)
+    call = establish(agent)
+    call.cseq = 9
+    reinvite_answered(agent, call, 1.0)
+    agent.receive(ack(cseq=10, to_tag=call.to_tag), SRC_UDP, 1.1)
+    agent.receive(call.in_dialog("BYE", cseq=2), SRC_UDP, 2.0)
+    (answer,) = sent(agent)
+    assert answer.response.status == 500
+    assert events(agent) == [] and agent.dialog_ids() == [call.dialog]
+    assert agent.counters.tolerated_low_cseq_bye == 0
+
+
+UNCLOSED = "<sip:src@203.0.113.50:5070;+sip.src"
+
+
+def test_contact_without_its_closing_bracket_is_read_as_if_it_had_one() -> None:
+    agent = make_agent()
+    with structlog.testing.capture_logs() as logs:
+        agent.receive(request("INVITE", body=SDP, contact=UNCLOSED), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [100]
+    (event,) = events(agent)
+    assert isinstance(event, RequestReceived)
+    # The transaction user gets the repaired Contact (its +sip.src marks a SIPREC SRC).
+    assert event.request.headers.get("Contact") == UNCLOSED + ">"
+    assert agent.counters.tolerated_unclosed_contact == 1
+    assert [e["event"] for e in logs] == ["sip_unclosed_contact_tolerated"]
+    assert "203.0.113.50" not in repr(logs) and "sip:" not in repr(logs)
+    agent.respond(event.txn, 200, 0.0, body=SDP)
+    (ok,) = sent(agent)
+    dialog = agent.dialog_of(event.txn) or ""
+    agent.receive(ack(cseq=1, to_tag=ok.response.to_tag), SRC_UDP, 0.1)
+    agent.end_dialog(dialog, 1.0)
+    (bye,) = requests_in(sent(agent))
+    assert bye.request.uri == "sip:src@203.0.113.50:5070;+sip.src"
+    assert (bye.peer.host, bye.peer.port) == ("203.0.113.50", 5070)
+    assert agent.counters.tolerated_unclosed_contact == 1
+
+
+def test_reinvite_contact_without_its_closing_bracket_becomes_the_remote_target() -> None:
+    agent = make_agent()
+    call = establish(agent)
+    reinvite_answered(agent, call, 1.0, contact=UNCLOSED)
+    agent.receive(ack(cseq=call.cseq, to_tag=call.to_tag), SRC_UDP, 1.1)
+    agent.end_dialog(call.dialog, 2.0)
+    (bye,) = requests_in(sent(agent))
+    assert (bye.peer.host, bye.peer.port) == ("203.0.113.50", 5070)
+    assert agent.counters.tolerated_unclosed_contact == 1
+
+
+@pytest.mark.parametrize("contact", ["garbage <", "<sip:a@b;self", "<sip:", "<<sip:a@b"])
+def test_contact_that_a_closing_bracket_does_not_mend_still_gets_400(contact: str) -> None:
+    agent = make_agent()
+    agent.receive(request("INVITE", body=SDP, contact=contact), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [400]
+    assert agent.counters.tolerated_unclosed_contact == 0
+
+
+def test_strict_agent_refuses_a_contact_without_its_closing_bracket_with_400() -> None:
+    agent = make_agent(strict=True)
+    agent.receive(request("INVITE", body=SDP, contact=UNCLOSED), SRC_UDP, 0.0)
+    assert statuses(sent(agent)) == [400]
+    assert events(agent) == [] and agent.counters.tolerated_unclosed_contact == 0

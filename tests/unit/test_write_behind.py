@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 
 from storage.audit import AuditEvent
-from storage.errors import StorageUnavailable
+from storage.errors import StorageUnavailable, guarded
 from storage.journal import Codec, JournalError, JournalWriter, journal_files, read_journal
 from storage.keys import KeyRing, MasterKey
 from storage.recording_store import MediaStart, MetadataEvent, SessionRows
@@ -225,3 +226,35 @@ def test_the_codec_round_trips_what_the_recorder_writes_and_nothing_else() -> No
     with pytest.raises(JournalError):
         codec.decode({"$dc": "Popen", "f": {}})
     assert isinstance(codec.decode({"$uuid": str(UUID(int=1))}), UUID)
+
+
+# ------------------------------------------------------------------------------ what "unavailable" is
+
+
+async def test_a_transaction_broken_by_a_lost_connection_is_unavailability() -> None:
+    async def lost_mid_transaction() -> None:
+        try:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        finally:  # the clean-up on the dead connection fails with a complaint of its own
+            raise RuntimeError("rollback failed")
+
+    async def cancelled_by_the_timeout() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            raise RuntimeError("rollback failed")
+
+    async def connection_left_mid_statement() -> None:
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress")
+
+    async def a_bug() -> None:
+        raise asyncpg.exceptions.UniqueViolationError("duplicate key")
+
+    for broken in (lost_mid_transaction(), connection_left_mid_statement()):
+        with pytest.raises(StorageUnavailable):
+            await guarded(broken)
+    with pytest.raises(StorageUnavailable):
+        await guarded(cancelled_by_the_timeout(), timeout=0.01)
+    with pytest.raises(asyncpg.exceptions.UniqueViolationError):
+        await guarded(a_bug())
