@@ -306,7 +306,12 @@ async def test_below_the_free_space_floor_calls_are_sealed_and_new_ones_refused(
         assert refused.status == 503 and refused.headers.get("Retry-After")
 
         [recording_id] = await recordings.find_by_call_id(srv.db, dialog.call_id)
-        row = await recordings.get_recording(srv.db, recording_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        # The recorder ends the row after the media is sealed and signed (and audited).
+        while (row := await recordings.get_recording(srv.db, recording_id)) is not None and (
+                row["state"] == "recording") and loop.time() < deadline:
+            await asyncio.sleep(0.05)
         assert row is not None
         assert row["state"] == "interrupted" and row["end_reason"] == "disk space low"
         assert row["signature"] is not None and 1000 <= row["duration_ms"] <= 3000
