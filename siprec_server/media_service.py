@@ -56,13 +56,18 @@ from storage.recording_file import (
     seal_interrupted,
 )
 from storage.recording_store import MediaStart
+from storage.recording_summary import (
+    build_summary,
+    participant_entries,
+    start_summary,
+    summary_digest,
+)
 from storage.recordings import MediaResult
-from storage.signing import NodeSigningKey
+from storage.signing import NodeSigningKey, SigningKeyHolder
 
 log = get_logger("media")
 
 TICK_INTERVAL = 0.1
-FORMAT = "ogg-opus/siprec-aead-v1"
 AUDIT_DRAIN_S = 5.0
 """Seconds close() waits for pause/resume audit events to reach the write-behind."""
 
@@ -87,6 +92,9 @@ class MediaStorage(Protocol):
                                include_recording: bool = True) -> list[dict[str, Any]]: ...
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
+
+    async def recording_evidence(self, recording_id: UUID
+                                 ) -> tuple[list[dict[str, Any]], list[str]]: ...
 
 
 @dataclass
@@ -240,7 +248,7 @@ class MediaService:
         data_dir: Path,
         storage: MediaStorage,
         keys: KeyRing,
-        signer: NodeSigningKey,
+        signer: NodeSigningKey | SigningKeyHolder,
         node_id: str,
         bind_host: str,
         ports: PortAllocator,
@@ -336,6 +344,7 @@ class MediaService:
             MediaStart(str(path), rate, [c.as_dict() for c in channels],
                        self._keys.current.key_id, wrapped),
         )
+        await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
         file = _create_private(path)
         writer = RecordingFileWriter(
             file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
@@ -431,9 +440,14 @@ class MediaService:
             self.counters.recordings_without_media += 1
             log.warning("recording_without_media", recording_id=str(session.recording_id),
                         duration_s=round(report.duration, 3), streams=len(report.streams))
+        digests = self._metadata_digests(session.recording_id)
+        if digests is None:
+            _stored, digests = await self._storage.recording_evidence(
+                session.recording_id)
         await self._store_result(
             session.recording_id, session.call_id, session.started_at, datetime.now(UTC),
             call.channels, summary, report, recovered=False,
+            participants=_participants_of(session), metadata_sha256=digests,
         )
         log.info("media_finished", recording_id=str(session.recording_id),
                  duration_s=round(report.duration, 3), bytes=summary.ciphertext_bytes)
@@ -572,6 +586,8 @@ class MediaService:
         report: MediaReport | None,
         *,
         recovered: bool,
+        participants: list[dict[str, Any]],
+        metadata_sha256: list[str],
         duration_ms: int | None = None,
     ) -> None:
         if report is not None:
@@ -588,25 +604,15 @@ class MediaService:
         else:
             pauses, stream_stats, dtmf, no_media = [], {}, 0, False
         channel_dicts = [c.as_dict() if isinstance(c, ChannelAssignment) else c for c in channels]
-        signed: dict[str, Any] = {
-            "format": FORMAT,
-            "recording_id": str(recording_id),
-            "node_id": self._node_id,
-            "call_id": call_id,
-            "started_at": started_at.astimezone(UTC).isoformat(),
-            "ended_at": ended_at.astimezone(UTC).isoformat(),
-            "duration_ms": duration_ms or 0,
-            "channels": channel_dicts,
-            "plaintext_sha256": summary.plaintext_sha256.hex(),
-            "ciphertext_sha256": summary.ciphertext_sha256.hex(),
-            "plaintext_bytes": summary.plaintext_bytes,
-            "ciphertext_bytes": summary.ciphertext_bytes,
-            "recovered": recovered,
-            "pauses": pauses,
-            "dtmf_events": dtmf,
-            "no_media": no_media,
-            "streams": {str(k): v for k, v in sorted(stream_stats.items())},
-        }
+        signed = build_summary(
+            recording_id=recording_id, node_id=self._node_id, call_id=call_id,
+            started_at=started_at, ended_at=ended_at, duration_ms=duration_ms or 0,
+            channels=channel_dicts, plaintext_sha256=summary.plaintext_sha256,
+            ciphertext_sha256=summary.ciphertext_sha256,
+            plaintext_bytes=summary.plaintext_bytes, ciphertext_bytes=summary.ciphertext_bytes,
+            recovered=recovered, pauses=pauses, dtmf_events=dtmf, no_media=no_media,
+            streams=stream_stats, participants=participants, metadata_sha256=metadata_sha256,
+        )
         signature = self._signer.sign(signed)
         await self._storage.register_signing_key(
             self._signer.key_id, self._node_id, self._signer.public_key_bytes()
@@ -629,6 +635,18 @@ class MediaService:
                 no_media=no_media,
             ),
         )
+        # The trail vouches for this exact summary: a summary re-signed later with another key
+        # no longer matches it.
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.sealed",
+            target=str(recording_id), source="media",
+            details={"summary_sha256": summary_digest(signed),
+                     "signing_key_id": self._signer.key_id, "recovered": recovered,
+                     "participants": len(participants),
+                     "metadata_events": len(metadata_sha256)}), datetime.now(UTC), uuid4())
+        forget = getattr(self._storage, "forget", None)
+        if forget is not None:
+            forget(recording_id)
 
     async def recover(self, include_recording: bool = True) -> int:
         """Seal every file this node left open (a crash, or a disk that filled up): each
@@ -655,9 +673,11 @@ class MediaService:
                         decrypt_chunks(f, recording_id=recording_id, data_key=dek)
                     )
                 now = datetime.now(UTC)
+                participants, digests = await self._storage.recording_evidence(recording_id)
                 await self._store_result(
                     recording_id, row["call_id"], row["started_at"], now, row["channels"],
-                    summary, None, recovered=True, duration_ms=duration_ms,
+                    summary, None, recovered=True, participants=participants,
+                    metadata_sha256=digests, duration_ms=duration_ms,
                 )
                 await self._storage.mark_ended(recording_id, "interrupted",
                                                "server stopped while recording", now)
@@ -672,9 +692,36 @@ class MediaService:
                                                datetime.now(UTC))
         return count
 
+    def _metadata_digests(self, recording_id: UUID) -> list[str] | None:
+        digests = getattr(self._storage, "metadata_digests", None)
+        return None if digests is None else digests(recording_id)
+
+    async def _audit_start(self, session: RecordingSession, *, wrapped_by: str,
+                           dek: bytes) -> None:
+        digests = self._metadata_digests(session.recording_id) or []
+        participants = _participants_of(session)
+        start = start_summary(
+            recording_id=session.recording_id, node_id=self._node_id, call_id=session.call_id,
+            started_at=session.started_at, participants=participants, metadata_sha256=digests,
+            master_key_id=wrapped_by, data_key_id=data_key_id(dek))
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.started",
+            target=str(session.recording_id), source="media",
+            details={"summary_sha256": summary_digest(start), "master_key_id": wrapped_by,
+                     "participants": len(participants), "metadata_events": len(digests)}),
+            datetime.now(UTC), uuid4())
+
     def _path_for(self, session: RecordingSession) -> Path:
         day = session.started_at.astimezone(UTC)
         return self._dir / f"{day:%Y/%m/%d}" / f"{session.recording_id}.srec"
+
+
+def _participants_of(session: RecordingSession) -> list[dict[str, Any]]:
+    metadata = session.metadata
+    return participant_entries(
+        {"participant_id": p.id, "aor": p.aor, "name": p.name, "present": p.present,
+         "joined_at": p.joined_at, "left_at": p.left_at}
+        for p in (metadata.participants.values() if metadata else ()))
 
 
 def _no_space(exc: BaseException) -> bool:
