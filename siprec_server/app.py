@@ -384,6 +384,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
         media.on_storage_full = lambda session: recorder.end_session(session, "disk space low")
+        media.on_lost = lambda session: recorder.end_session(session, "media worker lost")
         media.disk.start()
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),

@@ -15,43 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
-from collections import Counter
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from siprec_server.disk_guard import DiskGuard
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
-    CallMedia,
     MediaReport,
     SrtpSpec,
-    StreamReport,
     StreamSpec,
     recording_rate,
 )
 from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
-from siprec_server.media.events import RecordingPaused
+from siprec_server.media.events import MediaEvent, RecordingPaused
 from siprec_server.media.ports import PortAllocator, PortsExhausted
-from siprec_server.media.source import Address, RtpSourcePolicy, offer_address
+from siprec_server.media.source import RtpSourcePolicy, offer_address
 from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
+from siprec_server.workers.call_runner import CallPlan
+from siprec_server.workers.engine import CallSockets, EngineEvents, InProcessEngine, MediaEngine
 from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
     FileSummary,
-    RecordingFileWriter,
     decrypt_chunks,
     seal_interrupted,
 )
@@ -210,33 +207,12 @@ def stream_spec(stream: NegotiatedStream, channel: int, *, dtmf_control: bool = 
     )
 
 
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    """One socket (RTP or RTCP) of one m-line; the per-packet path is two calls."""
-
-    __slots__ = ("_receive", "_index", "_time")
-
-    def __init__(self, receive: Callable[[int, bytes, float, Address], None], index: int,
-                 time: Callable[[], float]) -> None:
-        self._receive = receive
-        self._index = index
-        self._time = time
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._receive(self._index, data, self._time(), addr)
-
-
 @dataclass
 class _ActiveCall:
+    """The main process's side of a call whose media runs in the engine."""
+
     session: RecordingSession
-    media: CallMedia
-    writer: RecordingFileWriter
-    file: BinaryIO
-    path: Path
-    transports: list[asyncio.BaseTransport]
     channels: list[ChannelAssignment]
-    data_key: bytes
-    started: float
-    timed_out: bool = False
     cut: bool = False
     """Ended for lack of disk space."""
 
@@ -257,7 +233,10 @@ class MediaService:
         inactivity_timeout: float = 300.0,
         min_free_bytes: int = 0,
         rtp_source: RtpSourcePolicy = "offer-address",
+        engine: Callable[[EngineEvents], MediaEngine] = InProcessEngine,
     ) -> None:
+        """`engine` makes where calls' media runs (siprec_server/workers): on this event loop
+        (the default) or in media worker processes."""
         self._dir = data_dir / "recordings"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._storage = storage
@@ -274,16 +253,17 @@ class MediaService:
         """Called once when a session's media has been silent for the inactivity timeout."""
         self.on_storage_full: Callable[[RecordingSession], None] | None = None
         """Called once per call ended for lack of disk space (the recorder hangs it up)."""
+        self.on_lost: Callable[[RecordingSession], None] | None = None
+        """Called once per call whose media went away with its worker (hung up; sealed)."""
         self.disk = DiskGuard(self._dir, min_free_bytes, on_low=self._cut_all,
                               on_recovered=self._reseal_later)
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
-        self._ticker: asyncio.Task[None] | None = None
+        self._engine = engine(self)
         self._audits: asyncio.Queue[tuple[AuditEvent, datetime, UUID]] = asyncio.Queue()
         self._auditor: asyncio.Task[None] | None = None
         self.counters = MediaCounters()
-        self._finished_packets: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- ports (the recorder's)
 
@@ -327,8 +307,6 @@ class MediaService:
     # ---------------------------------------------------------------- the recorder's MediaPort
 
     async def start(self, session: RecordingSession) -> None:
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick_forever())
         if self._auditor is None:
             self._auditor = asyncio.create_task(self._audit_forever())
         channels = channel_map(session)
@@ -345,31 +323,22 @@ class MediaService:
                        self._keys.current.key_id, wrapped),
         )
         await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
-        file = _create_private(path)
-        writer = RecordingFileWriter(
-            file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
-        )
-        started = self._loop.time()
-        media = CallMedia(specs, len(channels), writer.write, writer.flush, started=started,
-                          rate=rate, dtmf_control=self._dtmf_control,
-                          source_policy=self._rtp_source)
+        plan = CallPlan(
+            recording_id=session.recording_id, path=path, specs=tuple(specs),
+            channels=len(channels), rate=rate, data_key=dek, started=time.monotonic(),
+            dtmf_control=self._dtmf_control, rtp_source=self._rtp_source,
+            inactivity_timeout=self._inactivity_timeout)
         by_index = {s.index: s for s in session.streams}
-        transports: list[asyncio.BaseTransport] = []
+        sockets = []
         for channel in channels:
-            stream = by_index[channel.m_index]
-            rtp_sock, rtcp_sock = self._sockets[stream.local_port]
-            rtp, _ = await self._loop.create_datagram_endpoint(
-                partial(_DatagramProtocol, media.receive_rtp, stream.index, self._loop.time),
-                sock=rtp_sock,
-            )
-            rtcp, _ = await self._loop.create_datagram_endpoint(
-                partial(_DatagramProtocol, media.receive_rtcp, stream.index, self._loop.time),
-                sock=rtcp_sock,
-            )
-            transports += [rtp, rtcp]
-        self._calls[session.recording_id] = _ActiveCall(
-            session, media, writer, file, path, transports, channels, dek, started
-        )
+            rtp, rtcp = self._sockets[by_index[channel.m_index].local_port]
+            sockets.append(CallSockets(channel.m_index, rtp, rtcp))
+        self._calls[session.recording_id] = _ActiveCall(session, channels)
+        try:
+            await self._engine.start_call(plan, sockets)
+        except BaseException:
+            self._calls.pop(session.recording_id, None)
+            raise
         log.info("media_started", recording_id=str(session.recording_id),
                  channels=len(channels), rate=rate)
 
@@ -393,31 +362,20 @@ class MediaService:
         recorded = {c.m_index for c in call.channels}
         specs = self._specs(session, call.channels)
         added = [s.index for s in session.streams if s.index not in recorded and s.kind == "audio"]
-        call.media.update_streams(specs)
+        on_hold = all(s.direction in ("inactive", "recvonly") for s in session.streams)
+        await self._engine.update_call(session.recording_id, specs, on_hold)
         if added:
             log.warning("streams_added_mid_call_not_recorded",
                         recording_id=str(session.recording_id), m_lines=added)
-        now = self._loop.time()
-        on_hold = all(s.direction in ("inactive", "recvonly") for s in session.streams)
-        if on_hold:
-            call.media.pause(now, "hold")
-        else:
-            call.media.resume(now, "hold")
-        self._report_events(call)
 
     async def stop(self, session: RecordingSession, reason: str) -> None:
         call = self._calls.pop(session.recording_id, None)
         if call is None:
             return
-        for transport in call.transports:
-            transport.close()
-        try:
-            report = call.media.close(self._loop.time())
-            summary = call.writer.close()
-            call.file.flush()
-            os.fsync(call.file.fileno())
-        except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
-            if _no_space(exc) or call.cut:
+        outcome = await self._engine.stop_call(session.recording_id)
+        if outcome is None or outcome.report is None or outcome.summary is None:
+            why = outcome.unsealed if outcome is not None else "lost"
+            if outcome is not None and (outcome.no_space or call.cut):
                 # Its final chunk could not be written: the file stays as it is (every complete
                 # chunk readable) and is sealed once there is space again.
                 session.storage_full = True
@@ -425,16 +383,17 @@ class MediaService:
                 self.disk.exhausted()
                 log.error("recording_left_unsealed", recording_id=str(session.recording_id))
             else:
+                # The media went away with its worker, or closing failed: seal what reached
+                # the file now, as a crash's recovery would.
                 self.counters.calls_failed += 1
+                session.media_lost = True
                 log.error("media_close_failed", recording_id=str(session.recording_id),
-                          error=repr(exc))
+                          error=why)
+                await self._reseal(session.recording_id, session.call_id, session.started_at,
+                                   call.channels, self._path_for(session),
+                                   reason=f"media lost ({why})")
             return
-        finally:
-            with contextlib.suppress(OSError):
-                call.file.close()
-        self._report_events(call)
-        for stream in report.streams:
-            self._finished_packets.update(_packet_counts(stream))
+        report, summary = outcome.report, outcome.summary
         if report.no_media:
             # Not a good 0-second recording: silence as long as the session, flagged.
             self.counters.recordings_without_media += 1
@@ -455,32 +414,50 @@ class MediaService:
     # ---------------------------------------------------------------- control (API, DTMF)
 
     def pause(self, recording_id: UUID, source: str) -> bool | None:
-        call = self._calls.get(recording_id)
-        return None if call is None else call.media.pause(self._loop.time(), source)
+        return self._engine.pause(recording_id, source)
 
     def resume(self, recording_id: UUID, source: str) -> bool | None:
-        call = self._calls.get(recording_id)
-        return None if call is None else call.media.resume(self._loop.time(), source)
+        return self._engine.resume(recording_id, source)
 
     def packet_totals(self) -> dict[str, int]:
         """Packet counters of every call this process recorded, live calls included."""
-        totals = Counter(self._finished_packets)
-        for call in self._calls.values():
-            for stream in call.media.stream_reports():
-                totals.update(_packet_counts(stream))
-        return dict(totals)
+        return dict(self._engine.packet_totals())
 
-    def active(self, recording_id: UUID) -> CallMedia | None:
+    # ---------------------------------------------------------------- what the engine reports
+
+    def media_events(self, recording_id: UUID, events: list[MediaEvent]) -> None:
+        self._report_events(recording_id, events)
+
+    def inactive(self, recording_id: UUID, seconds: float) -> None:
         call = self._calls.get(recording_id)
-        return call.media if call else None
+        if call is None:
+            return
+        log.warning("media_inactive", recording_id=str(recording_id), seconds=round(seconds))
+        if self.on_inactive is not None:
+            self.on_inactive(call.session)
+
+    def no_space(self, recording_id: UUID) -> None:
+        self.disk.exhausted()
+        call = self._calls.get(recording_id)
+        if call is not None:
+            self._cut(call)
+
+    def lost(self, recording_id: UUID, why: str) -> None:
+        """The call's media went away (its worker died): hang up; stop() seals the file."""
+        call = self._calls.get(recording_id)
+        if call is None:
+            return
+        call.session.media_lost = True
+        log.error("media_lost", recording_id=str(recording_id), why=why)
+        if self.on_lost is not None:
+            self.on_lost(call.session)
 
     # ---------------------------------------------------------------- audit of pauses
 
-    def _report_events(self, call: _ActiveCall) -> None:
+    def _report_events(self, recording_id: UUID, events: list[MediaEvent]) -> None:
         """Queue an audit event for every DTMF and hold pause or resume the core reported.
         API pauses are audited by the API, with the user who asked."""
-        recording_id = call.session.recording_id
-        for event in call.media.take_events():
+        for event in events:
             if event.source == "api":
                 continue
             action = "paused" if isinstance(event, RecordingPaused) else "resumed"
@@ -509,32 +486,6 @@ class MediaService:
             finally:
                 self._audits.task_done()
 
-    # ---------------------------------------------------------------- ticking
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL)
-            now = self._loop.time()
-            for recording_id, call in list(self._calls.items()):
-                try:
-                    call.media.tick(now)
-                except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
-                    self.counters.tick_errors += 1
-                    if _no_space(exc):
-                        self.disk.exhausted()
-                        self._cut(call)
-                    elif not call.cut:
-                        log.error("media_tick_failed", recording_id=str(recording_id),
-                                  error=repr(exc))
-                self._report_events(call)
-                last = call.media.last_packet or call.started
-                if (not call.timed_out and now - last > self._inactivity_timeout
-                        and self.on_inactive is not None):
-                    call.timed_out = True
-                    log.warning("media_inactive", recording_id=str(recording_id),
-                                seconds=round(now - last))
-                    self.on_inactive(call.session)
-
     # ---------------------------------------------------------------- storage running out
 
     @property
@@ -562,8 +513,7 @@ class MediaService:
 
     async def close(self) -> None:
         await self.disk.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        await self._engine.close()
         if self._auditor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._audits.join(), AUDIT_DRAIN_S)
@@ -658,39 +608,49 @@ class MediaService:
             recording_id: UUID = row["id"]
             if recording_id in self._calls:
                 continue
-            try:
-                key = await self._storage.recording_key(recording_id)
-                if key is None:
-                    raise LookupError("no data key")
-                dek = self._keys.unwrap(key[1], recording_id)
-                path = Path(row["file_path"])
-                with open(path, "r+b") as f:
-                    summary = seal_interrupted(f, recording_id=recording_id, data_key=dek)
-                    f.flush()
-                    os.fsync(f.fileno())
-                with open(path, "rb") as f:
-                    duration_ms = ogg_duration_ms(
-                        decrypt_chunks(f, recording_id=recording_id, data_key=dek)
-                    )
-                now = datetime.now(UTC)
-                participants, digests = await self._storage.recording_evidence(recording_id)
-                await self._store_result(
-                    recording_id, row["call_id"], row["started_at"], now, row["channels"],
-                    summary, None, recovered=True, participants=participants,
-                    metadata_sha256=digests, duration_ms=duration_ms,
-                )
-                await self._storage.mark_ended(recording_id, "interrupted",
-                                               "server stopped while recording", now)
+            if await self._reseal(recording_id, row["call_id"], row["started_at"],
+                                  row["channels"], Path(row["file_path"]),
+                                  reason="server stopped while recording"):
                 count += 1
-                log.warning("recording_recovered", recording_id=str(recording_id),
-                            duration_ms=duration_ms)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop start-up
-                log.error("recording_recovery_failed", recording_id=str(recording_id),
-                          error=repr(exc))
-                await self._storage.mark_ended(recording_id, "failed",
-                                               f"recovery failed: {type(exc).__name__}",
-                                               datetime.now(UTC))
         return count
+
+    async def _reseal(self, recording_id: UUID, call_id: str, started_at: datetime,
+                      channels: list[ChannelAssignment] | list[dict[str, Any]], path: Path, *,
+                      reason: str) -> bool:
+        """Seal one recording's file as it is (final chunk after the last complete one) and
+        store it signed as recovered, state interrupted. False when that failed (logged; the
+        recording is marked failed)."""
+        try:
+            key = await self._storage.recording_key(recording_id)
+            if key is None:
+                raise LookupError("no data key")
+            dek = self._keys.unwrap(key[1], recording_id)
+            with open(path, "r+b") as f:
+                summary = seal_interrupted(f, recording_id=recording_id, data_key=dek)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(path, "rb") as f:
+                duration_ms = ogg_duration_ms(
+                    decrypt_chunks(f, recording_id=recording_id, data_key=dek)
+                )
+            now = datetime.now(UTC)
+            participants, digests = await self._storage.recording_evidence(recording_id)
+            await self._store_result(
+                recording_id, call_id, started_at, now, channels,
+                summary, None, recovered=True, participants=participants,
+                metadata_sha256=digests, duration_ms=duration_ms,
+            )
+            await self._storage.mark_ended(recording_id, "interrupted", reason, now)
+            log.warning("recording_recovered", recording_id=str(recording_id),
+                        duration_ms=duration_ms)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            log.error("recording_recovery_failed", recording_id=str(recording_id),
+                      error=repr(exc))
+            await self._storage.mark_ended(recording_id, "failed",
+                                           f"recovery failed: {type(exc).__name__}",
+                                           datetime.now(UTC))
+            return False
 
     def _metadata_digests(self, recording_id: UUID) -> list[str] | None:
         digests = getattr(self._storage, "metadata_digests", None)
@@ -724,16 +684,6 @@ def _participants_of(session: RecordingSession) -> list[dict[str, Any]]:
         for p in (metadata.participants.values() if metadata else ()))
 
 
-def _no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _create_private(path: Path) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    return os.fdopen(fd, "wb")
-
-
 def _stream_stats(stream: Any) -> dict[str, int]:
     stats, counters = stream.stats, stream.counters
     return {
@@ -752,20 +702,6 @@ def _stream_stats(stream: Any) -> dict[str, int]:
         "foreign_source": counters.foreign_source,
         "foreign_ssrc": counters.foreign_ssrc,
         "dtmf_events": stats.dtmf_events,
-    }
-
-
-def _packet_counts(stream: StreamReport) -> dict[str, int]:
-    stats, counters = stream.stats, stream.counters
-    return {
-        "packets_received": stats.received,
-        "packets_lost": stats.lost,
-        "late": stats.late,
-        "srtp_auth_failures": counters.srtp_auth_failures,
-        "srtp_replays": counters.srtp_replays,
-        "srtp_other_failures": counters.srtp_other_failures,
-        "foreign_source": counters.foreign_source,
-        "foreign_ssrc": counters.foreign_ssrc,
     }
 
 

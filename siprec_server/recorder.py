@@ -423,7 +423,8 @@ class Recorder:
             return
         async with self._locks[session.recording_id]:
             state = ("failed" if session.media_failed
-                     else "interrupted" if session.storage_full else "complete")
+                     else "interrupted" if session.storage_full or session.media_lost
+                     else "complete")
             await self._finish(session, state, reason)
 
     async def _finish(self, session: RecordingSession, state: str, reason: str) -> None:
