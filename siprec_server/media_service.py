@@ -44,7 +44,13 @@ from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
 from siprec_server.workers.call_runner import CallPlan
-from siprec_server.workers.engine import CallSockets, EngineEvents, InProcessEngine, MediaEngine
+from siprec_server.workers.engine import (
+    SO_TIMESTAMPNS,
+    CallSockets,
+    EngineEvents,
+    InProcessEngine,
+    MediaEngine,
+)
 from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
@@ -298,6 +304,9 @@ class MediaService:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            # From the first datagram on, the kernel stamps arrival times (a media worker reads
+            # them: packets that waited for the call to reach its worker keep their own times).
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((self._bind_host, port))
         except OSError:
             sock.close()
@@ -510,6 +519,15 @@ class MediaService:
     def _reseal_later(self) -> None:
         task = asyncio.ensure_future(self.recover(include_recording=False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def open(self) -> None:
+        """Start the engine (media worker processes) and the free-space watch."""
+        await self._engine.start()
+        self.disk.start()
+
+    @property
+    def engine(self) -> MediaEngine:
+        return self._engine
 
     async def close(self) -> None:
         await self.disk.close()
