@@ -334,7 +334,8 @@ class MediaService:
         await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
         plan = CallPlan(
             recording_id=session.recording_id, path=path, specs=tuple(specs),
-            channels=len(channels), rate=rate, data_key=dek, started=time.monotonic(),
+            channels=len(channels), rate=rate, data_key=dek,
+            started=session.media_origin or time.monotonic(),
             dtmf_control=self._dtmf_control, rtp_source=self._rtp_source,
             inactivity_timeout=self._inactivity_timeout)
         by_index = {s.index: s for s in session.streams}
