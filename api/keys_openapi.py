@@ -110,12 +110,6 @@ KEY_SCHEMAS: dict[str, Schema] = {
     "CeremonyCreated": {"oneOf": [_ref("Ceremony"), _ref("RotationPlan")]},
     "Approval": _object(["password"], {
         "password": {"type": "string", "description": "the approver's own password again"}}),
-    "Job": _object(["id", "kind", "state", "done", "total"], {
-        "id": _UUID, "kind": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-        "done": _INT, "total": _INT, "created_at": _TIME, "started_at": _TIME_OR_NULL,
-        "finished_at": _TIME_OR_NULL, "result": {"type": ["object", "null"]},
-        "error": {"type": ["string", "null"]}}),
 }
 
 _PUBLIC: list[Schema] = []

@@ -102,7 +102,9 @@ LIFECYCLE_SCHEMAS: dict[str, Schema] = {
         "done": {"type": "integer"}, "total": _nullable("integer"),
         "created_at": _TIME, "updated_at": _TIME,
         "result": _nullable("object", description="retention runs: recordings per policy "
-                                                   "(default, policies[], held, total)"),
+                                                   "(default, policies[], held, total); key "
+                                                   "rotations: versions and data keys "
+                                                   "re-wrapped; re-encryptions: outcomes"),
         "error": _nullable("string"),
     }),
     "Hold": _object(["id", "matter", "reason", "state", "query", "recordings", "created_by",

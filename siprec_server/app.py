@@ -434,6 +434,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                          lifecycle.retention.counters)
         metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
         assert lifecycle.runner is not None
+        key_service.register_jobs(lifecycle.runner)  # one job runner for every kind
         metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
         metrics.register("siprec_database", "The database and its supervision",
                          database.counters)

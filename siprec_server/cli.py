@@ -154,7 +154,6 @@ async def _retention_run(config: Config, dry_run: bool) -> int:
     from siprec_server.services.database import open_command_database
     from siprec_server.services.jobs import JobRunner
     from siprec_server.services.lifecycle import build_lifecycle
-    from siprec_server.services.retention import RETENTION_JOB
     from storage.audit import AuditEvent, record_audit
 
     database = await open_command_database(config, "retention run")
@@ -170,8 +169,8 @@ async def _retention_run(config: Config, dry_run: bool) -> int:
         else:
             job = await services.retention.start_run(dry_run=False, actor=operator)
             assert job is not None
-            runner = JobRunner(services.jobs, {RETENTION_JOB: services.retention.handle_job},
-                               services.retention.clock)
+            runner = JobRunner(services.jobs, services.retention.clock)
+            services.retention.register_jobs(runner)
             finished = None
             while (ran := await runner.run_once()) is not None:
                 if ran.id == job.id:

@@ -220,10 +220,10 @@ async def _pins(db: Any) -> list[str]:
 
 
 async def _job(db: Any, job_id: UUID, *, watch: bool) -> int:
-    from storage import key_versions as kv
+    from storage.jobs import PgJobStore
 
     while True:
-        job = await kv.get_job(db, job_id)
+        job = await PgJobStore(db).get(job_id)
         if job is None:
             print(f"siprec-server: no job {job_id}", file=sys.stderr)
             return 1
@@ -239,7 +239,7 @@ async def _job(db: Any, job_id: UUID, *, watch: bool) -> int:
         await asyncio.sleep(0.5)
 
 
-def _bar(done: int, total: int, width: int = 30) -> str:
+def _bar(done: int, total: int | None, width: int = 30) -> str:
     fraction = done / total if total else 0.0
     filled = int(fraction * width)
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {fraction:6.1%}"

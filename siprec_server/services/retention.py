@@ -25,7 +25,7 @@ from siprec_server.compliance.retention import (
     preset_policy,
 )
 from siprec_server.logs import get_logger
-from siprec_server.services.jobs import Clock, JobContext
+from siprec_server.services.jobs import Clock, JobContext, JobRunner
 from storage import retention as store
 from storage.audit import AuditEvent, record_audit
 from storage.erasure import ErasureError, RecordingHeld, erase_recording
@@ -277,6 +277,9 @@ class RetentionService:
                            "at": now.isoformat()}, "retention")
         log.info("retention_run", erased=count, held=report["held"], failed=failed)
         return report
+
+    def register_jobs(self, runner: JobRunner) -> None:
+        runner.register(RETENTION_JOB, self.handle_job)
 
     async def handle_job(self, context: JobContext) -> Mapping[str, Any]:
         """The job handler of RETENTION_JOB: {"dry_run": bool}."""
