@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from siprec_server import cli_users, keys_cli
+from siprec_server import cli_jobs, cli_users, keys_cli
 from siprec_server.config import Config, ConfigError, StartupError, load_config
 from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                                help="only count what would be erased, per policy")
     run_retention.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     keys_cli.add_parser(commands)
+    cli_jobs.add_parser(commands)
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -224,6 +225,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return uvloop.run(_retention_run(config, args.dry_run))
     if args.command == "keys":
         return keys_cli.run(args, config)
+    if args.command == "jobs" and args.jobs_command == "show":
+        return cli_jobs.run(args, config)
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

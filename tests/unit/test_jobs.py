@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from siprec_server.cli_jobs import progress_bar
 from siprec_server.services.jobs import JobContext, JobRunner
 from storage.jobs import PgJobStore
 
@@ -66,6 +67,13 @@ async def test_the_runner_records_results_and_failures(db_pool: asyncpg.Pool) ->
     assert [(j.id, j.state) for j in ran] == [(good.id, "done"), (bad.id, "failed")]  # type: ignore[union-attr]
     assert ran[0].result == {"ok": True} and ran[1].error == "RuntimeError: disk on fire"
     assert (runner.counters.jobs_done, runner.counters.jobs_failed) == (1, 1)
+
+
+def test_the_progress_bar_fills_with_the_job_and_waits_for_a_total() -> None:
+    assert progress_bar(0, None, width=4) == "[....] 0/?"
+    assert progress_bar(3, 0, width=4) == "[....] 3/0"
+    assert progress_bar(1, 2, width=4) == "[##..] 1/2  50.0%"
+    assert progress_bar(2, 2, width=4) == "[####] 2/2 100.0%"
 
 
 async def test_a_kind_waits_while_this_node_cannot_run_it(db_pool: asyncpg.Pool) -> None:
