@@ -4,41 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.openapi_schema import TIME as _TIME
+from api.openapi_schema import TIME_OR_NULL as _TIME_OR_NULL
+from api.openapi_schema import UUID as _UUID
+from api.openapi_schema import Schema, error_responses
+from api.openapi_schema import json_body as _body
+from api.openapi_schema import json_response as _json
+from api.openapi_schema import object_schema as _object
+from api.openapi_schema import ref as _ref
+
 __all__ = ["KEY_PATHS", "KEY_SCHEMAS"]
 
-Schema = dict[str, Any]
-
-_TIME = {"type": "string", "format": "date-time"}
-_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
-_UUID = {"type": "string", "format": "uuid"}
 _INT = {"type": "integer"}
 _PROGRESS = {"type": "array", "items": _INT, "minItems": 2, "maxItems": 2,
              "description": "[shares submitted, shares needed]"}
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(required: list[str], properties: dict[str, Schema]) -> Schema:
-    return {"type": "object", "required": required, "properties": properties}
-
-
-def _json(schema: str, description: str = "OK") -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+_ERRORS = {400: "Bad request (a refused share: code share_refused)",
+           401: "No valid bearer token", 403: "Permission missing, or wrong password",
+           404: "Not found", 409: "Conflict: approved twice by one user, ceremony expired or "
+           "not pending, wrong state", 413: "Body too large",
+           503: "Sealed (code sealed) or database unavailable"}
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    text = {400: "Bad request (a refused share: code share_refused)",
-            401: "No valid bearer token", 403: "Permission missing, or wrong password",
-            404: "Not found", 409: "Conflict: approved twice by one user, ceremony expired or "
-            "not pending, wrong state", 413: "Body too large",
-            503: "Sealed (code sealed) or database unavailable"}
-    return {str(s): _json("Error", text[s]) for s in statuses}
-
-
-def _body(schema: str) -> Schema:
-    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+    return error_responses(_ERRORS, statuses)
 
 
 _ID = {"name": "id", "in": "path", "required": True, "description": "a UUID", "schema": _UUID}
@@ -110,12 +100,6 @@ KEY_SCHEMAS: dict[str, Schema] = {
     "CeremonyCreated": {"oneOf": [_ref("Ceremony"), _ref("RotationPlan")]},
     "Approval": _object(["password"], {
         "password": {"type": "string", "description": "the approver's own password again"}}),
-    "Job": _object(["id", "kind", "state", "done", "total"], {
-        "id": _UUID, "kind": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-        "done": _INT, "total": _INT, "created_at": _TIME, "started_at": _TIME_OR_NULL,
-        "finished_at": _TIME_OR_NULL, "result": {"type": ["object", "null"]},
-        "error": {"type": ["string", "null"]}}),
 }
 
 _PUBLIC: list[Schema] = []

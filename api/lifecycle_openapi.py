@@ -5,48 +5,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.openapi_schema import TIME as _TIME
+from api.openapi_schema import TIME_OR_NULL as _TIME_OR_NULL
+from api.openapi_schema import UUID as _UUID
+from api.openapi_schema import Schema, error_responses
+from api.openapi_schema import json_body as _body
+from api.openapi_schema import json_response as _json
+from api.openapi_schema import nullable as _nullable
+from api.openapi_schema import object_schema as _object
+from api.openapi_schema import ref as _ref
+
 __all__ = ["LIFECYCLE_PATHS", "LIFECYCLE_SCHEMAS"]
 
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
-
-
-def _object(required: list[str], properties: dict[str, Schema], **extra: Any) -> Schema:
-    return {"type": "object", "required": required, "properties": properties, **extra}
-
-
-def _json(schema: str, description: str = "OK") -> Schema:
-    return {"description": description,
-            "content": {"application/json": {"schema": _ref(schema)}}}
+_ERRORS = {400: "Bad request", 401: "No valid bearer token", 403: "Permission missing",
+           404: "Not found", 409: "Conflict (a second user is needed, a change is pending, "
+           "or the bundle is on another node)", 410: "Erased", 413: "Body too large",
+           503: "Lifecycle services not running here"}
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    text = {400: "Bad request", 401: "No valid bearer token", 403: "Permission missing",
-            404: "Not found", 409: "Conflict (a second user is needed, a change is pending, "
-            "or the bundle is on another node)", 410: "Erased", 413: "Body too large",
-            503: "Lifecycle services not running here"}
-    return {str(s): _json("Error", text[s]) for s in statuses}
-
-
-def _body(schema: str) -> Schema:
-    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+    return error_responses(_ERRORS, statuses)
 
 
 def _path(name: str, description: str) -> Schema:
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "format": "uuid"}}
+            "schema": _UUID}
 
 
-_TIME = {"type": "string", "format": "date-time"}
-_TIME_OR_NULL = _nullable("string", format="date-time")
-_UUID = {"type": "string", "format": "uuid"}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 
 _MATCH = _object([], {
@@ -102,7 +87,9 @@ LIFECYCLE_SCHEMAS: dict[str, Schema] = {
         "done": {"type": "integer"}, "total": _nullable("integer"),
         "created_at": _TIME, "updated_at": _TIME,
         "result": _nullable("object", description="retention runs: recordings per policy "
-                                                   "(default, policies[], held, total)"),
+                                                   "(default, policies[], held, total); key "
+                                                   "rotations: versions and data keys "
+                                                   "re-wrapped; re-encryptions: outcomes"),
         "error": _nullable("string"),
     }),
     "Hold": _object(["id", "matter", "reason", "state", "query", "recordings", "created_by",

@@ -1,5 +1,5 @@
-"""GET /metrics: the server's counters in the Prometheus text exposition format (version 0.0.4),
-written by hand — the format is a few lines of text and needs no client library.
+"""GET /metrics: the server's figures in the Prometheus text exposition format (version 0.0.4),
+produced by prometheus-client from a registry of the application's own.
 
 What is exported and where it comes from (the composition root, siprec_server/app.py, hands the
 sources over as MetricsSources and registers further counters dataclasses; this module
@@ -11,6 +11,8 @@ discovers nothing):
 - recordings by state: one GROUP BY over the recordings table, cached for a few seconds.
 - the API itself: requests and a latency histogram by route template, method and status
   (never by raw path: a path can carry a searched-for number or a Call-ID).
+- the process: CPU seconds, resident and virtual memory, open file descriptors, start time
+  (prometheus-client's process collector), the Python version and its garbage collector.
 
 No authentication, like /healthz: the text holds counts, never ids or personal data.
 """
@@ -22,14 +24,25 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeAlias
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from api.app import DB_KEY
 from storage import recordings
@@ -43,76 +56,19 @@ __all__ = [
     "Metrics",
     "MetricsSources",
     "counter_values",
-    "exposition",
     "setup_metrics",
 ]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATE_CACHE_S = 5.0
-# A recording's start time is read before its row is inserted; recordings that started this long
-# before the oldest open one are surely finished and final.
+API_LABELS = ("route", "method", "status")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-# ------------------------------------------------------------------------------ exposition
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-@dataclass(slots=True)
-class _Family:
-    name: str
-    kind: str
-    help: str
-    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
-
-    def add(self, value: float, suffix: str = "", **labels: str) -> None:
-        self.samples.append((suffix, labels, value))
-
-
-def exposition(families: Iterable[_Family]) -> str:
-    lines: list[str] = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {family.help}")
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        for suffix, labels, value in family.samples:
-            lines.append(f"{family.name}{suffix}{_labels(labels)} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------ API requests
-
-
-@dataclass(slots=True)
-class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
-    count: int = 0
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.buckets[i] += 1
+# No `<counter>_created` series: they double the text and say nothing a scrape's first sight of
+# a series does not (a switch of prometheus-client for the whole process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 # ------------------------------------------------------------------------------ sources
@@ -167,20 +123,31 @@ class MetricsSources:
 
 
 class Metrics:
-    """Request observations and cached database figures of one API application."""
+    """The figures of one API application, in a registry of its own: the server's counters and
+    gauges read from the sources at each scrape, the API's requests as they are observed, and
+    the process."""
 
     def __init__(
         self, sources: MetricsSources | None = None, *, started: datetime | None = None
     ) -> None:
         self.started = started or datetime.now(UTC)
         self._sources = sources or MetricsSources()
-        self._requests: dict[tuple[str, str, str], _Histogram] = defaultdict(_Histogram)
         self._states: dict[str, int] = {}
         self._states_at = -math.inf
-        self._media_now: dict[str, int] = {}
         self._exported: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._components: list[tuple[str, str, Counters]] = []
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self._requests = Counter("siprec_api_requests_total",
+                                 "API requests by route template, method and status.",
+                                 API_LABELS, registry=self.registry)
+        self._latency = Histogram("siprec_api_request_duration_seconds",
+                                  "API request latency by route template, method and status.",
+                                  API_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def register(self, prefix: str, help_text: str, counters: Counters) -> None:
         """Export a component's counters dataclass: one counter `<prefix>_<field>_total` per
@@ -188,18 +155,23 @@ class Metrics:
         self._components.append((prefix, help_text, counters))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self._requests[(route, method, str(status))].observe(seconds)
+        labels = (route, method, str(status))
+        self._requests.labels(*labels).inc()
+        self._latency.labels(*labels).observe(seconds)
 
     async def refresh(self, db: asyncpg.Pool) -> None:
-        """Live packet counters from the media service; the database's recordings by state
-        re-read when the cached figures are older than STATE_CACHE_S."""
-        self._media_now = counter_values(self._sources.packets())
+        """The database's recordings by state, re-read when the cached figures are older than
+        STATE_CACHE_S."""
         async with self._lock:
             now = time.monotonic()
             if now - self._states_at < STATE_CACHE_S:
                 return
             self._states = await recordings.count_by_state(db)
             self._states_at = now
+
+    def exposition(self) -> bytes:
+        """Everything, as the text a scrape gets."""
+        return generate_latest(self.registry)
 
     def _counter(self, key: str, value: int) -> int:
         # A call between "media closed" and "state stored" is briefly in neither sum; a
@@ -208,19 +180,17 @@ class Metrics:
         self._exported[key] = value
         return value
 
-    def families(self) -> list[_Family]:
-        out: list[_Family] = []
-        up = _Family("siprec_process_start_time_seconds", "gauge",
-                     "When this server process started (Unix time).")
-        up.add(self.started.timestamp())
-        out.append(up)
+    def collect(self) -> Iterator[Metric]:
+        """The server's own figures (the registry calls this at each scrape)."""
+        yield GaugeMetricFamily("siprec_process_start_time_seconds",
+                                "When this server process started (Unix time).",
+                                value=self.started.timestamp())
+        yield GaugeMetricFamily("siprec_active_calls",
+                                "Recording sessions in progress (offered or answered).",
+                                value=self._sources.active_calls())
+        yield from _counter_families(self._sources)
 
-        active = _Family("siprec_active_calls", "gauge",
-                         "Recording sessions in progress (offered or answered).")
-        active.add(float(self._sources.active_calls()))
-        out.append(active)
-        out += _counter_families(self._sources)
-
+        packets = counter_values(self._sources.packets())  # live calls included
         rtp = [
             ("siprec_rtp_packets_received_total", "packets_received",
              "RTP packets received by the calls this process recorded."),
@@ -228,51 +198,35 @@ class Metrics:
              "RTP packets lost (RFC 3550 A.3) in the calls this process recorded."),
         ]
         for name, key, text in rtp:
-            family = _Family(name, "counter", text)
-            family.add(self._counter(key, self._media_now.get(key, 0)))
-            out.append(family)
-        srtp = _Family("siprec_srtp_failures_total", "counter",
-                       "SRTP/SRTCP packets refused, by reason, in the calls this process "
-                       "recorded.")
+            yield CounterMetricFamily(name, text, value=self._counter(key, packets.get(key, 0)))
+        srtp = CounterMetricFamily("siprec_srtp_failures_total",
+                                   "SRTP/SRTCP packets refused, by reason, in the calls this "
+                                   "process recorded.", labels=["reason"])
         for reason, key in (("auth", "srtp_auth_failures"), ("replay", "srtp_replays"),
                             ("other", "srtp_other_failures")):
-            srtp.add(self._counter(key, self._media_now.get(key, 0)), reason=reason)
-        out.append(srtp)
-        dropped = _Family("siprec_rtp_packets_dropped_total", "counter",
-                          "RTP/RTCP packets refused before recording, by reason (a source "
-                          "the stream does not accept, an SSRC other than the locked one).")
+            srtp.add_metric([reason], self._counter(key, packets.get(key, 0)))
+        yield srtp
+        dropped = CounterMetricFamily("siprec_rtp_packets_dropped_total",
+                                      "RTP/RTCP packets refused before recording, by reason (a "
+                                      "source the stream does not accept, an SSRC other than "
+                                      "the locked one).", labels=["reason"])
         for reason in ("foreign_source", "foreign_ssrc"):
-            dropped.add(self._counter(reason, self._media_now.get(reason, 0)), reason=reason)
-        out.append(dropped)
+            dropped.add_metric([reason], self._counter(reason, packets.get(reason, 0)))
+        yield dropped
 
-        states = _Family("siprec_recordings", "gauge",
-                         f"Recordings in the database by state (cached {STATE_CACHE_S:g} s).")
+        states = GaugeMetricFamily("siprec_recordings",
+                                   f"Recordings in the database by state (cached "
+                                   f"{STATE_CACHE_S:g} s).", labels=["state"])
         for state in ("offered", "recording", "complete", "interrupted", "failed", "erased"):
-            states.add(float(self._states.get(state, 0)), state=state)
-        out.append(states)
-
-        requests = _Family("siprec_api_requests_total", "counter",
-                           "API requests by route template, method and status.")
-        latency = _Family("siprec_api_request_duration_seconds", "histogram",
-                          "API request latency by route template, method and status.")
-        for (route, method, status), histogram in sorted(self._requests.items()):
-            labels = {"route": route, "method": method, "status": status}
-            requests.add(histogram.count, **labels)
-            for bound, count in zip(LATENCY_BUCKETS, histogram.buckets, strict=True):
-                latency.add(count, "_bucket", **labels, le=_number(bound))
-            latency.add(histogram.count, "_bucket", **labels, le="+Inf")
-            latency.add(histogram.total, "_sum", **labels)
-            latency.add(histogram.count, "_count", **labels)
-        out += [requests, latency]
+            states.add_metric([state], self._states.get(state, 0))
+        yield states
         for prefix, help_text, counters in self._components:
             for name, value in sorted(counter_values(counters).items()):
-                family = _Family(f"{prefix}_{name}_total", "counter", f"{help_text}: {name}.")
-                family.add(value)
-                out.append(family)
-        return out
+                yield CounterMetricFamily(f"{prefix}_{name}_total", f"{help_text}: {name}.",
+                                          value=value)
 
 
-def _counter_families(sources: MetricsSources) -> list[_Family]:
+def _counter_families(sources: MetricsSources) -> Iterator[Metric]:
     """The plain counters of the running components, one family each."""
     sip_messages = counter_values(sources.sip_messages())
     families = [
@@ -284,17 +238,14 @@ def _counter_families(sources: MetricsSources) -> list[_Family]:
         ("siprec_media_errors_total", "Media service failures by kind.",
          counter_values(sources.media_errors())),
     ]
-    out = []
     for name, text, counts in families:
-        family = _Family(name, "counter", text)
+        family = CounterMetricFamily(name, text, labels=["kind"])
         for kind, value in sorted(counts.items()):
-            family.add(value, kind=kind)
-        out.append(family)
-    parse = _Family("siprec_sip_parse_errors_total", "counter",
-                    "SIP messages that could not be parsed.")
-    parse.add(sip_messages.get("parse_errors", 0))
-    out.append(parse)
-    return out
+            family.add_metric([kind], value)
+        yield family
+    yield CounterMetricFamily("siprec_sip_parse_errors_total",
+                              "SIP messages that could not be parsed.",
+                              value=sip_messages.get("parse_errors", 0))
 
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
@@ -327,8 +278,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     # keeps the last figures.
     with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
         await metrics.refresh(request.app[DB_KEY])
-    text = exposition(metrics.families())
-    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def setup_metrics(app: web.Application, sources: MetricsSources | None = None) -> Metrics:

@@ -14,29 +14,18 @@ from aiohttp import web
 
 from api.keys_openapi import KEY_PATHS, KEY_SCHEMAS
 from api.lifecycle_openapi import LIFECYCLE_PATHS, LIFECYCLE_SCHEMAS
+from api.openapi_schema import TIME as _TIME
+from api.openapi_schema import TIME_OR_NULL as _TIME_OR_NULL
+from api.openapi_schema import UUID as _UUID
+from api.openapi_schema import Schema, error_responses
+from api.openapi_schema import json_response as _json
+from api.openapi_schema import nullable as _nullable
+from api.openapi_schema import object_schema as _object
+from api.openapi_schema import ref as _ref
 
 __all__ = ["OPENAPI_VERSION", "document", "setup_openapi"]
 
 OPENAPI_VERSION = "3.1.0"
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
-
-
-def _object(required: list[str], properties: dict[str, Schema], **extra: Any) -> Schema:
-    return {"type": "object", "required": required, "properties": properties, **extra}
-
-
-_TIME = {"type": "string", "format": "date-time"}
-_TIME_OR_NULL = _nullable("string", format="date-time")
-_UUID = {"type": "string", "format": "uuid"}
 
 _RECORDING_PROPERTIES: dict[str, Schema] = {
     "id": _UUID,
@@ -254,17 +243,14 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _json(schema: str, description: str = "OK") -> Schema:
-    return {"description": description,
-            "content": {"application/json": {"schema": _ref(schema)}}}
+_ERRORS = {400: "Bad request", 401: "No valid bearer token", 403: "Permission missing",
+           404: "Not found (or outside the caller's scope)", 409: "Conflict",
+           410: "Erased", 413: "Body too large", 416: "Range not satisfiable",
+           429: "Too many failed logins", 500: "Recording damaged", 503: "Unavailable"}
 
 
 def _errors(*statuses: int) -> dict[str, Schema]:
-    text = {400: "Bad request", 401: "No valid bearer token", 403: "Permission missing",
-            404: "Not found (or outside the caller's scope)", 409: "Conflict",
-            410: "Erased", 413: "Body too large", 416: "Range not satisfiable",
-            429: "Too many failed logins", 500: "Recording damaged", 503: "Unavailable"}
-    return {str(s): _json("Error", text[s]) for s in statuses}
+    return error_responses(_ERRORS, statuses)
 
 
 def _query(name: str, description: str, *, schema: Schema | None = None,

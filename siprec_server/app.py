@@ -54,6 +54,7 @@ from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.services.lifecycle import LifecycleServices, build_lifecycle
 from siprec_server.services.node import NodeMembership
 from siprec_server.services.notifications import Notifier
+from siprec_server.services.periodic import Periodic
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from siprec_server.workers.engine import EngineEvents, InProcessEngine, MediaEngine
@@ -166,7 +167,7 @@ class RunningServer:
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
     lifecycle: LifecycleServices | None = None
     keys: KeyService | None = None
-    background: list[asyncio.Task[None]] = field(default_factory=list)
+    background: list[Periodic] = field(default_factory=list)
     erasure_vacuum: ErasureVacuum | None = None
     checkpoints: AuditCheckpointer | None = None
 
@@ -179,8 +180,8 @@ class RunningServer:
         try:
             if self.lifecycle is not None:
                 await self.lifecycle.close()
-            for task in self.background:
-                task.cancel()
+            for loop in self.background:
+                await loop.close()
             if self.keys is not None:
                 await self.keys.close()
             if self.erasure_vacuum is not None:
@@ -434,6 +435,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                          lifecycle.retention.counters)
         metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
         assert lifecycle.runner is not None
+        key_service.register_jobs(lifecycle.runner)  # one job runner for every kind
         metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
         metrics.register("siprec_database", "The database and its supervision",
                          database.counters)
@@ -472,7 +474,11 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
                            api_address, bound, lifecycle=lifecycle, keys=key_service)
     lifecycle.start()
-    server.background.append(asyncio.create_task(_watch_cryptoperiods(key_service)))
+    # Reminders before a master key version is due, and a daily alert once it is overdue.
+    cryptoperiods = Periodic(key_service.check_cryptoperiods, CRYPTOPERIOD_CHECK_S, log=log,
+                             failure="cryptoperiod_check_failed")
+    cryptoperiods.start()
+    server.background.append(cryptoperiods)
     server.erasure_vacuum = ErasureVacuum(db, owner_dsn=database.owner_dsn)
     server.erasure_vacuum.start()
     server.checkpoints = checkpointer
@@ -485,18 +491,6 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
 
 
 CRYPTOPERIOD_CHECK_S = 3600.0
-
-
-async def _watch_cryptoperiods(service: KeyService) -> None:
-    """Reminders before a master key version is due, and a daily alert once it is overdue."""
-    while True:
-        try:
-            await service.check_cryptoperiods()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the watch goes on; logged
-            log.error("cryptoperiod_check_failed", error=repr(exc)[:200])
-        await asyncio.sleep(CRYPTOPERIOD_CHECK_S)
 
 
 def login_hint(config: Config, api_address: tuple[str, int]) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from siprec_server import cli_users, keys_cli
+from siprec_server import cli_jobs, cli_users, keys_cli
 from siprec_server.config import Config, ConfigError, StartupError, load_config
 from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                                help="only count what would be erased, per policy")
     run_retention.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
     keys_cli.add_parser(commands)
+    cli_jobs.add_parser(commands)
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -154,7 +155,6 @@ async def _retention_run(config: Config, dry_run: bool) -> int:
     from siprec_server.services.database import open_command_database
     from siprec_server.services.jobs import JobRunner
     from siprec_server.services.lifecycle import build_lifecycle
-    from siprec_server.services.retention import RETENTION_JOB
     from storage.audit import AuditEvent, record_audit
 
     database = await open_command_database(config, "retention run")
@@ -170,8 +170,8 @@ async def _retention_run(config: Config, dry_run: bool) -> int:
         else:
             job = await services.retention.start_run(dry_run=False, actor=operator)
             assert job is not None
-            runner = JobRunner(services.jobs, {RETENTION_JOB: services.retention.handle_job},
-                               services.retention.clock)
+            runner = JobRunner(services.jobs, services.retention.clock)
+            services.retention.register_jobs(runner)
             finished = None
             while (ran := await runner.run_once()) is not None:
                 if ran.id == job.id:
@@ -225,6 +225,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return uvloop.run(_retention_run(config, args.dry_run))
     if args.command == "keys":
         return keys_cli.run(args, config)
+    if args.command == "jobs" and args.jobs_command == "show":
+        return cli_jobs.run(args, config)
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

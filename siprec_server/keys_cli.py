@@ -6,7 +6,7 @@
     keys rotate [--dry-run] [--user NAME]   a rotation ceremony (dual control)
     keys reencrypt RECORDING_ID... [--user NAME]
     keys approve CEREMONY_ID --user NAME    password from stdin (re-entered: dual control)
-    keys job JOB_ID [--watch]         a job's progress, with a progress bar
+    keys job JOB_ID [--watch]         a job's progress, with a progress bar (as `jobs show`)
 
 Ceremonies and jobs are rows in the database: the running server picks an approved ceremony's
 job up. Only `unseal` talks to the server itself (the share must reach its memory), through the
@@ -26,6 +26,7 @@ import urllib.request
 from typing import Any
 from uuid import UUID
 
+from siprec_server import cli_jobs
 from siprec_server.cli_users import operator
 from siprec_server.config import Config, parse_host_port
 
@@ -59,9 +60,7 @@ def add_parser(commands: Any) -> None:
     approve = with_config(sub.add_parser("approve", help="approve a ceremony"))
     approve.add_argument("ceremony_id")
     approve.add_argument("--user", required=True)
-    job = with_config(sub.add_parser("job", help="a job's progress"))
-    job.add_argument("job_id")
-    job.add_argument("--watch", action="store_true", help="follow it with a progress bar")
+    cli_jobs.add_job_arguments(sub.add_parser("job", help="a job's progress (as jobs show)"))
 
 
 def _password() -> str:
@@ -74,7 +73,9 @@ def _password() -> str:
 def run(args: argparse.Namespace, config: Config) -> int:
     if args.keys_command == "unseal":
         return _unseal(args, config)
-    password = _password() if getattr(args, "user", None) and args.keys_command != "job" else None
+    if args.keys_command == "job":
+        return cli_jobs.run(args, config)
+    password = _password() if getattr(args, "user", None) else None
     return asyncio.run(_run_db(args, config, password))
 
 
@@ -163,8 +164,6 @@ async def _run_db(args: argparse.Namespace, config: Config, password: str | None
             status["signing_key_pins"] = await _pins(db)
             print(json.dumps(status, indent=2))
             return 0
-        if args.keys_command == "job":
-            return await _job(db, UUID(args.job_id), watch=args.watch)
         if args.keys_command == "rotate" and args.dry_run:
             print(json.dumps(await service.rotation_plan(), indent=2))
             return 0
@@ -217,32 +216,6 @@ async def _pins(db: Any) -> list[str]:
 
     rows = await db.fetch("SELECT key_id, public_key FROM signing_keys ORDER BY created_at")
     return [pin_line((r["key_id"], bytes(r["public_key"]))) for r in rows]
-
-
-async def _job(db: Any, job_id: UUID, *, watch: bool) -> int:
-    from storage import key_versions as kv
-
-    while True:
-        job = await kv.get_job(db, job_id)
-        if job is None:
-            print(f"siprec-server: no job {job_id}", file=sys.stderr)
-            return 1
-        line = _bar(job.done, job.total) + f" {job.kind} {job.state}"
-        if not watch or job.state in ("done", "failed"):
-            if watch:
-                print("\r" + line, flush=True)
-            print(json.dumps({"id": str(job.id), "kind": job.kind, "state": job.state,
-                              "done": job.done, "total": job.total, "result": job.result,
-                              "error": job.error}, indent=2))
-            return 0 if job.state != "failed" else 1
-        print("\r" + line, end="", flush=True)
-        await asyncio.sleep(0.5)
-
-
-def _bar(done: int, total: int, width: int = 30) -> str:
-    fraction = done / total if total else 0.0
-    filled = int(fraction * width)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {fraction:6.1%}"
 
 
 def _now() -> Any:

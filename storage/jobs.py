@@ -1,11 +1,12 @@
 """Background jobs as rows in PostgreSQL: created queued, claimed by any node, moved on with
 progress, finished with a JSON result or failed with an error. A node that dies leaves its job
-'running' with an `updated_at` that stops moving; after `stale_after` another node claims it
-again, so every job handler must be resumable (do again what is not yet done).
+'running' with an `updated_at` that stops moving; after `stale_after` another node (or the same
+one, restarted) claims it again, so every job handler must be resumable (do again what is not
+yet done).
 
-`JobStore` is the small interface the lifecycle services are written against; `PgJobStore` is
-its PostgreSQL implementation on the shared `jobs` table (migration 0009, the same table key
-custody's jobs use).
+`JobStore` is the interface the services are written against; `PgJobStore` is its PostgreSQL
+implementation on the `jobs` table (migration 0007), which every kind shares: key custody's
+(init, rotate, reencrypt), retention runs and subject requests.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
-import asyncpg
+from storage.database import Executor, transaction
 
 __all__ = ["JOB_STATES", "Job", "JobStore", "PgJobStore"]
 
@@ -32,12 +33,15 @@ class Job:
     state: str
     done: int
     total: int | None
+    """None while the job does not know yet how much there is to do."""
     params: Mapping[str, Any]
     result: Mapping[str, Any] | None
     error: str | None
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    """The last change: its creation, claim or progress (a running job whose updated_at is older
+    than stale_after is presumed dead)."""
 
 
 class JobStore(Protocol):
@@ -54,8 +58,12 @@ class JobStore(Protocol):
         `stale_after` (its node died), now 'running' for the caller."""
         ...
 
-    async def progress(self, job_id: UUID, done: int, total: int | None, *,
-                       now: datetime) -> None: ...
+    async def progress(self, job_id: UUID, done: int, total: int | None, *, now: datetime,
+                       params: Mapping[str, Any] | None = None) -> None:
+        """How far a running job got (which also tells other nodes it is alive). `params`,
+        when given, replaces the job's parameters: a step that must not be done twice on a
+        resumption records there what it did."""
+        ...
 
     async def finish(self, job_id: UUID, result: Mapping[str, Any], *, now: datetime) -> None: ...
 
@@ -83,15 +91,16 @@ _CREATE_LOCK = 0x5EC0_10B5
 
 
 class PgJobStore:
-    """JobStore on the `jobs` table."""
+    """JobStore on the `jobs` table, through a pool, or through a connection when a job must be
+    created in the caller's transaction (an approved key ceremony and its job, together)."""
 
-    def __init__(self, db: asyncpg.Pool) -> None:
+    def __init__(self, db: Executor) -> None:
         self._db = db
 
     async def create(self, kind: str, params: Mapping[str, Any], *, created_by: str,
                      now: datetime, total: int | None = None,
                      unique: bool = False) -> Job | None:
-        async with self._db.acquire() as conn, conn.transaction():
+        async with transaction(self._db) as conn:
             if unique:
                 # Serialises creators of one kind across nodes for this transaction only.
                 await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
@@ -123,12 +132,13 @@ class PgJobStore:
             list(kinds), now, now - stale_after)
         return None if row is None else _job(row)
 
-    async def progress(self, job_id: UUID, done: int, total: int | None, *,
-                       now: datetime) -> None:
+    async def progress(self, job_id: UUID, done: int, total: int | None, *, now: datetime,
+                       params: Mapping[str, Any] | None = None) -> None:
         await self._db.execute(
-            """UPDATE jobs SET done = $2, total = COALESCE($3, total), updated_at = $4
+            """UPDATE jobs SET done = $2, total = COALESCE($3, total), updated_at = $4,
+                               params = COALESCE($5::text::jsonb, params)
                WHERE id = $1 AND state = 'running'""",
-            job_id, done, total, now)
+            job_id, done, total, now, None if params is None else json.dumps(dict(params)))
 
     async def finish(self, job_id: UUID, result: Mapping[str, Any], *, now: datetime) -> None:
         await self._db.execute(

@@ -1,12 +1,11 @@
-"""The key custody's tables (migration 0007): master key versions, custodians' shares, dual-control
-ceremonies and background jobs. All their SQL is here; what it means is storage/custody.py and
-siprec_server/services/keys.py.
+"""The key custody's tables (migration 0007): master key versions, custodians' shares and
+dual-control ceremonies. All their SQL is here; what it means is storage/custody.py and
+siprec_server/services/keys.py. Their jobs are rows of the shared jobs table (storage/jobs.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -19,7 +18,6 @@ Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 __all__ = [
     "Approval",
     "Ceremony",
-    "Job",
     "KeyVersion",
     "ShareRecord",
 ]
@@ -247,82 +245,3 @@ async def pending_ceremonies(db: Executor) -> list[UUID]:
     rows = await db.fetch("SELECT id FROM key_ceremonies WHERE state = 'pending' "
                           "ORDER BY created_at")
     return [r["id"] for r in rows]
-
-
-# ------------------------------------------------------------------------------ jobs
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: UUID
-    kind: str
-    state: str
-    done: int
-    total: int
-    params: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str | None
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    runner: str | None
-    heartbeat_at: datetime | None
-
-
-def _job(row: Any) -> Job:
-    params, result = row["params"], row["result"]
-    if isinstance(params, str):
-        params = json.loads(params)
-    if isinstance(result, str):
-        result = json.loads(result)
-    return Job(row["id"], row["kind"], row["state"], row["done"], row["total"], params, result,
-               row["error"], row["created_by"], row["created_at"], row["started_at"],
-               row["finished_at"], row["runner"], row["heartbeat_at"])
-
-
-async def create_job(db: Executor, *, kind: str, params: dict[str, Any], created_by: str,
-                     now: datetime, total: int = 0) -> UUID:
-    job_id = uuid4()
-    await db.execute(
-        """INSERT INTO jobs (id, kind, state, total, params, created_by, created_at)
-           VALUES ($1, $2, 'queued', $3, $4::text::jsonb, $5, $6)""",
-        job_id, kind, total, json.dumps(params), created_by, now)
-    return job_id
-
-
-async def get_job(db: Executor, job_id: UUID) -> Job | None:
-    row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-    return _job(row) if row else None
-
-
-async def claim_job(db: Executor, kinds: Sequence[str], runner: str, now: datetime,
-                    stale_after: timedelta) -> Job | None:
-    """The oldest queued job of these kinds, or a running one whose runner stopped beating;
-    now this runner's."""
-    row = await db.fetchrow(
-        """UPDATE jobs SET state = 'running', runner = $2, heartbeat_at = $3,
-               started_at = coalesce(started_at, $3)
-           WHERE id = (SELECT id FROM jobs
-                       WHERE kind = ANY($1::text[])
-                         AND (state = 'queued'
-                              OR (state = 'running' AND (heartbeat_at < $4 OR runner = $2)))
-                       ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-           RETURNING *""", list(kinds), runner, now, now - stale_after)
-    return _job(row) if row else None
-
-
-async def job_progress(db: Executor, job_id: UUID, *, done: int, total: int | None = None,
-                       now: datetime) -> None:
-    await db.execute(
-        "UPDATE jobs SET done = $2, total = coalesce($3, total), heartbeat_at = $4 "
-        "WHERE id = $1", job_id, done, total, now)
-
-
-async def finish_job(db: Executor, job_id: UUID, *, state: str, now: datetime,
-                     result: dict[str, Any] | None = None, error: str | None = None) -> None:
-    await db.execute(
-        """UPDATE jobs SET state = $2, finished_at = $3, result = $4::text::jsonb, error = $5,
-               heartbeat_at = $3
-           WHERE id = $1""",
-        job_id, state, now, json.dumps(result) if result is not None else None, error)

@@ -11,12 +11,10 @@ reaches backups").
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import asyncpg
 
 from siprec_server.logs import get_logger
+from siprec_server.services.periodic import Periodic
 from storage.roles import vacuum
 
 __all__ = ["ERASED_TABLES", "ErasureVacuum"]
@@ -31,21 +29,15 @@ class ErasureVacuum:
                  owner_dsn: str | None = None) -> None:
         self._db = db
         self._owner_dsn = owner_dsn
-        self._interval = interval_s
         self._seen: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(self.sweep, interval_s, log=log, failure="erasure_vacuum_failed")
         self.vacuums = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.close()
 
     async def sweep(self) -> bool:
         """VACUUM the erased tables if a recording was erased since the last sweep."""
@@ -63,13 +55,3 @@ class ErasureVacuum:
                         hint="set database.migration_url to the owner role")
         self.vacuums += 1
         return True
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried next interval; logged
-                log.warning("erasure_vacuum_failed", error=repr(exc)[:200])
-            await asyncio.sleep(self._interval)

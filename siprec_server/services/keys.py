@@ -5,15 +5,14 @@ cryptoperiod watch (a reminder before a version is due, an alert every day once 
 
 Every operation writes an audit event (`key.*`). A ceremony needs `needed` distinct users holding
 keys.manage, each re-entering their own password, before it expires; its action then runs as a
-job (a row in `jobs`, resumable: a rotation re-wraps what is still under the old version, a
-re-encryption resumes from the recording's pending key).
+job on the node's one job runner (services/jobs.py; a row in `jobs`, resumable: a rotation
+re-wraps what is still under the old version, a re-encryption resumes from the recording's
+pending key).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,9 @@ import asyncpg
 
 from siprec_server.access import AccessError, PasswordHashing, Permission, Principal
 from siprec_server.logs import get_logger
+from siprec_server.services.jobs import JobContext, JobRunner
 from siprec_server.services.notifications import Notifier
+from siprec_server.services.periodic import Periodic
 from storage import key_versions as kv
 from storage import users
 from storage.audit import AuditEvent, record_audit
@@ -38,9 +39,9 @@ from storage.custody import (
     ShareRefused,
     UnsealProgress,
 )
+from storage.jobs import PgJobStore
 from storage.journal import rewrap_journals
 from storage.key_shares import Recipient, ShareError, parse_recipient
-from storage.keys import KeyStoreError
 from storage.reencryption import reencrypt_recording
 from storage.rewrap import rewrap_batch
 from storage.roles import vacuum
@@ -50,9 +51,7 @@ __all__ = ["CeremonyError", "KeyCounters", "KeyService", "KeySettings"]
 
 log = get_logger("keys")
 
-JOB_KINDS = ("init", "rotate", "reencrypt")
-_RUNNER_POLL_S = 1.0
-_STALE_JOB = timedelta(seconds=60)
+_CEREMONY_EXPIRY_S = 1.0
 _VACUUMED = ("recording_keys", "master_key_versions", "key_shares", "signing_keys")
 
 
@@ -115,12 +114,10 @@ class KeyService:
     ready: bool = False
     """Unsealed, and the start-up work that needed the keys is done: calls are taken."""
     _passphrases: dict[UUID, dict[UUID, Recipient]] = field(default_factory=dict)
-    _runner: asyncio.Task[None] | None = None
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _after_unseal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """One job at a time per process: a job this node claimed as "running" is then always a
-    leftover of an earlier run of the node (a restart), never one in progress here."""
+    _wake_jobs: Callable[[], None] = field(default=lambda: None)
+    """Tells the node's job runner that a key job was queued or can run now (register_jobs)."""
+    _expiry: Periodic | None = None
 
     # ------------------------------------------------------------------ status
 
@@ -167,7 +164,7 @@ class KeyService:
             if self.on_unsealed is not None:
                 await self.on_unsealed()
             self.ready = True
-            self._wake.set()
+            self._wake_jobs()  # rotations and re-encryptions queued while sealed
 
     async def take_shares(self, user_id: UUID, source: str | None) -> list[dict[str, Any]]:
         """The caller's share envelopes, each handed out once."""
@@ -327,10 +324,11 @@ class KeyService:
             approvals = len(ceremony.approvals) + 1
             job_id = None
             if approvals >= ceremony.needed:
-                job_id = await kv.create_job(
-                    conn, kind=ceremony.kind,
-                    params={**ceremony.params, "ceremony_id": str(ceremony_id)},
+                job = await PgJobStore(conn).create(
+                    ceremony.kind, {**ceremony.params, "ceremony_id": str(ceremony_id)},
                     created_by=f"ceremony:{ceremony_id}", now=now)
+                assert job is not None
+                job_id = job.id
                 await kv.set_ceremony_state(conn, ceremony_id, "approved", job_id)
             await record_audit(conn, AuditEvent(
                 actor=str(user_id), action="key.ceremony_approve", target=str(ceremony_id),
@@ -339,7 +337,7 @@ class KeyService:
                                         "job_id": str(job_id) if job_id else None}), now)
         if job_id is not None:
             self.counters.ceremonies_approved += 1
-            self._wake.set()
+            self._wake_jobs()
         result = await kv.get_ceremony(self.db, ceremony_id)
         assert result is not None
         return result
@@ -373,76 +371,63 @@ class KeyService:
                 "signing_keys": signing, "needed": self._needed()}
 
     def start(self) -> None:
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run_jobs())
+        """Expire ceremonies whose window passed (their audit event, their passphrases gone
+        from memory) as soon as they do."""
+        if self._expiry is None:
+            self._expiry = Periodic(self.expire_ceremonies, _CEREMONY_EXPIRY_S, log=log,
+                                    failure="ceremony_expiry_failed")
+            self._expiry.start()
 
     async def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        if self._expiry is not None:
+            await self._expiry.close()
+            self._expiry = None
 
-    async def _run_jobs(self) -> None:
-        while True:
-            # asyncio.timeout, not wait_for: wait_for in 3.11 can swallow a cancellation that
-            # arrives as the event fires, and close() would wait for ever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_RUNNER_POLL_S):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.expire_ceremonies()
-                while await self.run_next_job():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the runner must survive; logged
-                log.error("key_job_runner_failed", error=repr(exc)[:300])
+    def register_jobs(self, runner: JobRunner) -> None:
+        """Key custody's jobs run on the node's job runner, one job at a time like every other
+        kind: an init whenever it is approved (it is what ends the seal of a new server), a
+        rotation or a re-encryption only while the master key is at hand."""
+        runner.register("init", self.handle_job)
+        for kind in ("rotate", "reencrypt"):
+            runner.register(kind, self.handle_job, ready=self._unsealed)
+        self._wake_jobs = runner.wake
 
-    async def run_next_job(self) -> bool:
-        """Claim and run one job this node can run now; False when there is none."""
-        async with self._job_lock:
-            return await self._run_next_job()
+    def _unsealed(self) -> bool:
+        return not self.custody.sealed
 
-    async def _run_next_job(self) -> bool:
-        kinds = ["init"] if self.custody.sealed else list(JOB_KINDS)
-        job = await kv.claim_job(self.db, kinds, self.settings.node_id, self.clock(),
-                                 _STALE_JOB)
-        if job is None:
-            return False
+    async def handle_job(self, context: JobContext) -> Mapping[str, Any]:
+        """The job of an approved ceremony: init and rotate make a new master key version
+        (rotate then re-wraps every data key under it and destroys the old one); reencrypt
+        rewrites recordings under fresh data keys. A failure is audited, then fails the job."""
+        job = context.job
         try:
-            result = await self._run(job)
-        except (KeyStoreError, CeremonyError, ValueError) as exc:
-            log.error("key_job_failed", job_id=str(job.id), kind=job.kind, error=str(exc)[:300])
-            await kv.finish_job(self.db, job.id, state="failed", now=self.clock(),
-                                error=str(exc)[:500])
+            if job.kind == "reencrypt":
+                return await self._reencrypt(context)
+            return await self._new_version_job(context)
+        except Exception as exc:
+            log.error("key_job_failed", job_id=str(job.id), kind=job.kind,
+                      error=str(exc)[:300])
             await self._audit(f"key.{job.kind}_failed", target=str(job.id), outcome="failure",
                               details={"error": str(exc)[:200]})
-            return True
-        await kv.finish_job(self.db, job.id, state="done", now=self.clock(), result=result)
-        return True
+            raise
 
-    async def _run(self, job: kv.Job) -> dict[str, Any]:
-        if job.kind == "reencrypt":
-            return await self._reencrypt(job)
-        ceremony_id = UUID(job.params["ceremony_id"])
+    async def _new_version_job(self, context: JobContext) -> dict[str, Any]:
+        job = context.job
         if "to_version" not in job.params:
-            new = await self._new_version(ceremony_id, job)
-            params = {**job.params, "to_version": new.version.id, "from_version": new.previous}
-            await self.db.execute("UPDATE jobs SET params = $2::text::jsonb WHERE id = $1",
-                                  job.id, _json(params))
-            job = kv.Job(**{**_fields(job), "params": params})
+            new = await self._new_version(UUID(job.params["ceremony_id"]), job.params)
+            # Recorded before anything else: a resumed job must not make another version.
+            await context.progress(context.done, params={
+                **job.params, "to_version": new.version.id, "from_version": new.previous})
             if job.kind == "init":
                 await self.after_unseal()
         if job.kind == "init":
-            return {"version": job.params["to_version"]}
-        return await self._rewrap(job)
+            return {"version": context.job.params["to_version"]}
+        return await self._rewrap(context)
 
-    async def _new_version(self, ceremony_id: UUID, job: kv.Job) -> Any:
+    async def _new_version(self, ceremony_id: UUID, params: Mapping[str, Any]) -> Any:
         custodians = []
         held = self._passphrases.get(ceremony_id, {})
-        for entry in job.params.get("custodians", []):
+        for entry in params.get("custodians", []):
             user_id = UUID(entry["user_id"])
             if entry["kind"] == "passphrase":
                 recipient = held.get(user_id)
@@ -454,13 +439,13 @@ class KeyService:
             custodians.append(Custodian(user_id, entry["username"], recipient))
         now = self.clock()
         new = await self.custody.new_version(
-            self.db, now, custodians=custodians, threshold=job.params.get("threshold") or None)
+            self.db, now, custodians=custodians, threshold=params.get("threshold") or None)
         self._passphrases.pop(ceremony_id, None)
         await self._audit("key.version_created", target=new.version.id,
                           details={"custody": self.custody.mode, "previous": new.previous,
                                    "ceremony_id": str(ceremony_id),
                                    "shares": len(custodians),
-                                   "threshold": job.params.get("threshold") or None,
+                                   "threshold": params.get("threshold") or None,
                                    "custodians": [c.username for c in custodians]})
         if new.previous:
             await self._audit("key.version_retiring", target=new.previous,
@@ -469,23 +454,23 @@ class KeyService:
                     previous=new.previous)
         return new
 
-    async def _rewrap(self, job: kv.Job) -> dict[str, Any]:
-        old, new = job.params.get("from_version"), job.params["to_version"]
+    async def _rewrap(self, context: JobContext) -> dict[str, Any]:
+        params = context.job.params
+        old, new = params.get("from_version"), params["to_version"]
         if old is None:
             return {"version": new, "rewrapped": 0}
         ring = self.custody.ring
-        done = job.done
+        done = context.done
         remaining = await self.db.fetchval(
             "SELECT count(*) FROM recording_keys WHERE master_key_id = $1", old)
-        await kv.job_progress(self.db, job.id, done=done, total=done + remaining,
-                              now=self.clock())
+        await context.progress(done, done + remaining)
         while True:
             count = await rewrap_batch(self.db, ring, old, self.settings.rewrap_batch)
             if count == 0:
                 break
             done += count
             self.counters.data_keys_rewrapped += count
-            await kv.job_progress(self.db, job.id, done=done, now=self.clock())
+            await context.progress(done)
             await asyncio.sleep(0)  # calls keep their share of the loop
         resealed = await reseal_signing_keys(self.db, ring, old)
         if self.journal_dir is not None:
@@ -493,7 +478,7 @@ class KeyService:
         await self.custody.destroy(self.db, old, self.clock())
         self.counters.versions_destroyed += 1
         await self.vacuum(_VACUUMED)
-        await kv.job_progress(self.db, job.id, done=done, total=done, now=self.clock())
+        await context.progress(done, done)
         await self._audit("key.version_destroyed", target=old,
                           details={"replaced_by": new, "rewrapped": done,
                                    "signing_keys_resealed": resealed,
@@ -508,12 +493,13 @@ class KeyService:
         return {"from_version": old, "to_version": new, "rewrapped": done,
                 "signing_keys_resealed": resealed, "destroyed": old}
 
-    async def _reencrypt(self, job: kv.Job) -> dict[str, Any]:
+    async def _reencrypt(self, context: JobContext) -> dict[str, Any]:
+        job = context.job
         ids = [UUID(i) for i in job.params["recording_ids"]]
         total = len(ids)
-        done = job.done
+        done = context.done
         outcomes: dict[str, str] = dict((job.result or {}).get("outcomes", {}))
-        await kv.job_progress(self.db, job.id, done=done, total=total, now=self.clock())
+        await context.progress(done, total)
         for recording_id in ids[done:]:
             outcome = await reencrypt_recording(self.db, self.custody.ring, recording_id,
                                                 self.signer)
@@ -521,7 +507,7 @@ class KeyService:
             if outcome == "reencrypted":
                 self.counters.recordings_reencrypted += 1
             done += 1
-            await kv.job_progress(self.db, job.id, done=done, now=self.clock())
+            await context.progress(done)
             await self._audit("recording.reencrypted", target=str(recording_id),
                               outcome="success" if outcome == "reencrypted" else "failure",
                               details={"job_id": str(job.id), "outcome": outcome})
@@ -653,11 +639,3 @@ def _public_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if "recording_ids" in params:
         out["recordings"] = len(params["recording_ids"])
     return out
-
-
-def _fields(job: kv.Job) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in kv.Job.__slots__}
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)

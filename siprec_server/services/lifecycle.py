@@ -1,6 +1,7 @@
-"""The lifecycle services of one node, built from the config: the job store and runner, the
-retention service and its scheduler, and the subject-request service. The composition root
-(siprec_server/app.py) starts and stops them; the API and the command line use them."""
+"""The lifecycle services of one node, built from the config: the job store and the node's job
+runner, the retention service and its scheduler, and the subject-request service. The
+composition root (siprec_server/app.py) registers key custody's jobs on the same runner, starts
+and stops them; the API and the command line use them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import asyncpg
 from siprec_server.compliance.retention import RetentionLimits
 from siprec_server.config import Config
 from siprec_server.services.jobs import Clock, JobRunner
-from siprec_server.services.retention import RETENTION_JOB, RetentionScheduler, RetentionService
-from siprec_server.services.subjects import SUBJECT_JOBS, RecordingRenderer, SubjectService
+from siprec_server.services.retention import RetentionScheduler, RetentionService
+from siprec_server.services.subjects import RecordingRenderer, SubjectService
 from storage.jobs import JobStore, PgJobStore
 from storage.keys import KeyRing
 
@@ -70,9 +71,9 @@ def build_lifecycle(db: asyncpg.Pool, config: Config, *, keys: KeyRing | None, n
     services = LifecycleServices(store, retention, subjects)
     if background:
         services.runner = JobRunner(
-            store, {RETENTION_JOB: retention.handle_job,
-                    **{kind: subjects.handle_job for kind in SUBJECT_JOBS}},
-            now, stale_after=timedelta(seconds=config.lifecycle.job_stale_after))
+            store, now, stale_after=timedelta(seconds=config.lifecycle.job_stale_after))
+        retention.register_jobs(services.runner)
+        subjects.register_jobs(services.runner)
         if config.retention.enabled:
             bundle_ttl = timedelta(days=config.lifecycle.bundle_ttl_days)
             services.scheduler = RetentionScheduler(

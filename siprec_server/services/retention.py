@@ -4,8 +4,6 @@ erases expired recordings in batches through the crypto-shredding path (storage/
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,7 +23,8 @@ from siprec_server.compliance.retention import (
     preset_policy,
 )
 from siprec_server.logs import get_logger
-from siprec_server.services.jobs import Clock, JobContext
+from siprec_server.services.jobs import Clock, JobContext, JobRunner
+from siprec_server.services.periodic import Periodic
 from storage import retention as store
 from storage.audit import AuditEvent, record_audit
 from storage.erasure import ErasureError, RecordingHeld, erase_recording
@@ -278,6 +277,9 @@ class RetentionService:
         log.info("retention_run", erased=count, held=report["held"], failed=failed)
         return report
 
+    def register_jobs(self, runner: JobRunner) -> None:
+        runner.register(RETENTION_JOB, self.handle_job)
+
     async def handle_job(self, context: JobContext) -> Mapping[str, Any]:
         """The job handler of RETENTION_JOB: {"dry_run": bool}."""
         job = context.job
@@ -291,16 +293,17 @@ class RetentionService:
         return await self.run(context=context, actor=actor)
 
 
-@dataclass
 class RetentionScheduler:
     """Queues an enforcement run every `interval_s` unless one is queued or running already
     (on any node); the job runner of whichever node is free picks it up."""
 
-    service: RetentionService
-    interval_s: float
-    housekeeping: Callable[[], Awaitable[object]] | None = None
-    """Also run at every tick (expiring old subject-access bundles)."""
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, service: RetentionService, interval_s: float, *,
+                 housekeeping: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.service = service
+        self.housekeeping = housekeeping
+        """Also run at every tick (expiring old subject-access bundles)."""
+        self._loop = Periodic(self.tick, interval_s, log=log,
+                              failure="retention_schedule_failed")
 
     async def tick(self) -> Job | None:
         if self.housekeeping is not None:
@@ -309,22 +312,7 @@ class RetentionScheduler:
                                             unique=True)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database may be away; next tick
-                log.warning("retention_schedule_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.interval_s)
+        await self._loop.close()

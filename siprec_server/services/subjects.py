@@ -49,7 +49,7 @@ from siprec_server.services.bundles import (
     check_x509_certificate,
     open_encryptor,
 )
-from siprec_server.services.jobs import Clock, JobContext
+from siprec_server.services.jobs import Clock, JobContext, JobRunner
 from storage import retention as retention_store
 from storage import subjects as store
 from storage.annotations import annotations_of
@@ -219,6 +219,10 @@ class SubjectService:
         return fresh
 
     # ---------------------------------------------------------------- jobs
+
+    def register_jobs(self, runner: JobRunner) -> None:
+        for kind in SUBJECT_JOBS:
+            runner.register(kind, self.handle_job)
 
     async def handle_job(self, context: JobContext) -> Mapping[str, Any]:
         request_id = UUID(str(context.job.params["request_id"]))

@@ -71,26 +71,23 @@ CREATE TABLE key_ceremony_approvals (
     PRIMARY KEY (ceremony_id, user_id)
 );
 
--- Background jobs: any node may pick up a queued job (or one whose runner's heartbeat stopped)
--- and resume it from what is recorded.
+-- Background jobs of every kind (key custody's init, rotate and reencrypt; retention runs and
+-- subject requests, 0009/0010): any node may pick up a queued job, or a running one whose
+-- updated_at stopped moving (its node died), and resume it from what is recorded.
 CREATE TABLE jobs (
     id              uuid PRIMARY KEY,
     kind            text NOT NULL,
     state           text NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
     done            bigint NOT NULL DEFAULT 0,
-    total           bigint DEFAULT 0,           -- NULL while a job does not know yet
+    total           bigint,                     -- NULL while a job does not know yet
     params          jsonb NOT NULL DEFAULT '{}',
     result          jsonb,
     error           text,
     created_by      text,
     created_at      timestamptz NOT NULL,
-    updated_at      timestamptz NOT NULL DEFAULT now(),  -- the last progress (stale = dead)
-    started_at      timestamptz,
-    finished_at     timestamptz,
-    runner          text,                   -- node_id of the node running it
-    heartbeat_at    timestamptz
+    updated_at      timestamptz NOT NULL        -- the last claim or progress (stale = dead)
 );
-CREATE INDEX jobs_waiting ON jobs (created_at) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_open ON jobs (kind, created_at) WHERE state IN ('queued', 'running');
 
 -- Signing keys become versions sealed by the master key: the private key is stored AES-GCM
 -- sealed under a master key version (re-sealed on rotation), never as a plain file.

@@ -1,11 +1,6 @@
--- Lifecycle of recordings after the call: background jobs, retention policies (and changes
--- waiting for a second user), legal holds, annotations, and what retention matches on that the
--- SRC sent in its metadata.
-
--- Background jobs (the table is key custody's, 0007): rows with progress that any node can
--- claim, resumable after a crash (a 'running' job whose updated_at stopped moving is claimed
--- again). Lifecycle jobs are found by kind.
-CREATE INDEX jobs_open ON jobs (kind, created_at) WHERE state IN ('queued', 'running');
+-- Lifecycle of recordings after the call: retention policies (and changes waiting for a second
+-- user), legal holds, annotations, and what retention matches on that the SRC sent in its
+-- metadata. Retention runs and subject requests are rows of the jobs table (0007).
 
 CREATE TABLE retention_policies (
     id                uuid PRIMARY KEY,

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from storage.recording_file import RecordingFileWriter
 from tests.audio import active_segments, decode_ogg_opus, tone
 from tests.integration.conftest import sip_address
 from tests.integration.test_recording import send_rtp
+from tests.metrics import sample
 from tests.sip_client import SipTestClient, interop_case, set_header
 
 CHEAP = PasswordHashing(time_cost=1, memory_kib=8 * 1024, parallelism=1)
@@ -635,22 +637,38 @@ async def test_metrics_count_requests_and_recordings_by_state(world: World) -> N
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     text = await response.text()
-    lines = text.splitlines()
-    assert 'siprec_recordings{state="complete"} 4' in lines
-    assert 'siprec_recordings{state="recording"} 2' in lines
-    assert ('siprec_api_requests_total{route="/api/v1/recordings",method="GET",status="200"} 1'
-            in lines)
-    assert ('siprec_api_requests_total{route="/api/v1/recordings/{id}",method="GET",'
-            'status="404"} 1' in lines)
-    assert any(line.startswith('siprec_api_request_duration_seconds_bucket{route='
-                               '"/api/v1/recordings",method="GET",status="200",le="+Inf"} 1')
-               for line in lines)
+    assert sample(text, "siprec_recordings", state="complete") == 4
+    assert sample(text, "siprec_recordings", state="recording") == 2
+    assert sample(text, "siprec_api_requests_total", route="/api/v1/recordings", method="GET",
+                  status="200") == 1
+    assert sample(text, "siprec_api_requests_total", route="/api/v1/recordings/{id}",
+                  method="GET", status="404") == 1
+    assert sample(text, "siprec_api_request_duration_seconds_bucket",
+                  route="/api/v1/recordings", method="GET", status="200", le="+Inf") == 1
     for family in ("siprec_active_calls", "siprec_rtp_packets_received_total",
                    "siprec_rtp_packets_lost_total", "siprec_srtp_failures_total",
                    "siprec_sip_parse_errors_total"):
         assert f"# TYPE {family} " in text
     # The exposition names routes, never a path with a number or a Call-ID in it.
     assert "7946" not in text and "nope" not in text
+
+
+async def test_metrics_describe_the_server_process(world: World) -> None:
+    """CPU time and memory of the process that serves the API (prometheus-client's process
+    collector), not of the database or any other."""
+    cpu_before = time.process_time()
+    response = await world.http.request("GET", "/metrics", None)
+    text = await response.text()
+    cpu_after = time.process_time()
+    cpu = sample(text, "process_cpu_seconds_total")
+    # /proc counts in clock ticks (1/100 s), each of user and system time rounded down.
+    assert cpu is not None and cpu_before - 0.05 <= cpu <= cpu_after + 0.05, (cpu_before, cpu)
+    status = Path("/proc/self/status").read_text().splitlines()
+    vm_rss = int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
+    rss = sample(text, "process_resident_memory_bytes")
+    assert rss is not None and vm_rss / 2 < rss < vm_rss * 2, (rss, vm_rss)
+    assert (sample(text, "process_virtual_memory_bytes") or 0) >= rss
+    assert (sample(text, "process_open_fds") or 0) > 0
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -779,9 +797,8 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
         assert body["duration_s"] == pytest.approx(seconds, abs=0.6)
 
         metrics = await (await http.request("GET", "/metrics", None)).text()
-        received = next(line for line in metrics.splitlines()
-                        if line.startswith("siprec_rtp_packets_received_total "))
-        assert int(received.split()[1]) == len(frames_l) + len(frames_r)
+        assert sample(metrics, "siprec_rtp_packets_received_total") == \
+            len(frames_l) + len(frames_r)
     finally:
         await client.close()
 

@@ -40,3 +40,23 @@ async def test_dry_run_then_run_from_the_command_line(
         "SELECT actor FROM audit_events WHERE action LIKE 'retention.%'")}
     assert all(a.startswith(("cli", "system:retention")) for a in actors), actors
     assert (await verify_audit_chain(db_pool)).ok
+
+
+async def test_a_run_is_a_job_the_command_line_shows_and_follows(
+    db_dsn: str, db_pool: asyncpg.Pool
+) -> None:
+    code, _out, err = await siprec_server(db_dsn, "retention", "run")
+    assert code == 0, err
+    job_id = str(await db_pool.fetchval("SELECT id FROM jobs WHERE kind = 'retention.run'"))
+    code, out, err = await siprec_server(db_dsn, "jobs", "show", job_id)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["id"], shown["kind"], shown["state"]) == (job_id, "retention.run", "done")
+    assert shown["result"]["dry_run"] is False and shown["error"] is None
+    code, out, err = await siprec_server(db_dsn, "jobs", "show", job_id, "--watch")
+    assert code == 0 and "] 0/0 retention.run done" in out and '"state": "done"' in out, err
+    code, out, err = await siprec_server(db_dsn, "jobs", "show",
+                                         "00000000-0000-0000-0000-000000000000")
+    assert code == 1 and "no job" in err
+    code, out, err = await siprec_server(db_dsn, "jobs", "show", "42")
+    assert code == 2 and "not a job id" in err

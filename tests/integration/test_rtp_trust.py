@@ -42,6 +42,7 @@ from tests.audio import active_segments, decode_ogg_opus, tone, tone_level_db
 from tests.integration.conftest import server_env, sip_address
 from tests.integration.test_openapi import validate
 from tests.integration.test_recordings_api import make_token
+from tests.metrics import sample
 from tests.sip_client import Dialog, SipTestClient, interop_case
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
@@ -179,11 +180,6 @@ async def metrics_text(srv: RunningServer) -> str:
         return await r.text()
 
 
-def sample(text: str, name: str) -> float:
-    line = next(line for line in text.splitlines() if line.startswith(name + " "))
-    return float(line.rsplit(" ", 1)[1])
-
-
 def stats_by_label(row: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {s["label"]: s["stats"] for s in row["streams"]}
 
@@ -216,7 +212,7 @@ async def test_packets_from_a_foreign_source_are_dropped_counted_and_never_recor
         await asyncio.sleep(0.3)
         assert server.media.packet_totals()["foreign_source"] == len(forged)
         text = await metrics_text(server)
-        assert sample(text, 'siprec_rtp_packets_dropped_total{reason="foreign_source"}') == \
+        assert sample(text, "siprec_rtp_packets_dropped_total", reason="foreign_source") == \
             len(forged)
         assert (await src.bye(dialog)).status == 200
     row = await finished(server, dialog.call_id)
@@ -397,7 +393,7 @@ async def test_a_session_without_media_is_flagged_and_lasts_as_long_as_the_sessi
     assert line["recording_id"] == str(row["id"])
     assert set(line) <= {"event", "log_level", "recording_id", "duration_s", "streams"}
     text = await metrics_text(server)
-    assert sample(text, 'siprec_media_errors_total{kind="recordings_without_media"}') == 1
+    assert sample(text, "siprec_media_errors_total", kind="recordings_without_media") == 1
     token, _ = await make_token(server.db, "admin")
     host, port = server.api_address
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
