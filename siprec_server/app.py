@@ -24,6 +24,7 @@ from api.auth_api import setup_identity
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
+from api.rules_api import CALLS_KEY
 from api.views import detail_view
 from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
@@ -271,6 +272,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             idle_timeout=config.sip.idle_timeout,
             untrusted_rate=config.sip.untrusted_rate,
         ))
+        lifecycle = build_lifecycle(db, config, keys=keys, node_id=node_id, data_dir=data_dir,
+                                    describe=detail_view)
         recorder = Recorder(
             RecorderSettings(
                 node_id=node_id,
@@ -292,6 +295,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             sip=sip,
             ports=media,
             media=media,
+            rules=lifecycle.rules,
         )
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
@@ -316,14 +320,15 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                                           lockout=timedelta(minutes=config.auth.lockout_minutes)))
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = keys
-        lifecycle = build_lifecycle(db, config, keys=keys, node_id=node_id, data_dir=data_dir,
-                                    describe=detail_view)
         api[LIFECYCLE_KEY] = lifecycle
+        api[CALLS_KEY] = recorder
         setup_recordings(api)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
                          lifecycle.retention.counters)
         metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
+        assert lifecycle.rules is not None
+        metrics.register("siprec_rules", "Recording rules, opt-outs", lifecycle.rules.counters)
         assert lifecycle.runner is not None
         metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
         metrics.register("siprec_database", "The database and its supervision",

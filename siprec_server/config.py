@@ -129,6 +129,12 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    default_action: str = "record"
+    opt_out_default: str = "discard"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     sip: SipConfig = field(default_factory=SipConfig)
@@ -138,6 +144,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +399,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("lifecycle.scrypt_work_factor: 10 to 22 (age's default is 18)")
     if lifecycle.job_stale_after < 60:
         raise ConfigError("lifecycle.job_stale_after: at least 60 seconds")
+    if config.rules.default_action not in ("record", "metadata_only", "do_not_record"):
+        raise ConfigError("rules.default_action: record, metadata_only or do_not_record")
+    if config.rules.opt_out_default not in ("keep", "discard"):
+        raise ConfigError("rules.opt_out_default: keep or discard")
     if config.auth.token_ttl < 60:
         raise ConfigError("auth.token_ttl: at least 60 seconds")
     if not 60 <= config.auth.idle_timeout <= 900:

@@ -109,6 +109,30 @@ def test_the_validator_catches_wrong_shapes() -> None:
                  {"$ref": "#/components/schemas/Error"}, doc)
 
 
+async def exercise_rules_endpoints(c: Any, live: uuid.UUID, admin: str) -> None:
+    rules = "/api/v1/recording-rules"
+    created = await c("POST", rules, rules, admin,
+                      json={"name": "HR", "action": "record", "restricted": True,
+                            "match": {"parties": ["2001"]}})
+    await c("POST", rules, rules, admin, json={"name": "HR", "action": "record"})
+    await c("POST", rules, rules, admin, json={"name": "x", "action": "maybe"})
+    await c("GET", rules, rules, admin)
+    one = f"{rules}/{created['id']}"
+    await c("GET", rules + "/{id}", one, admin)
+    await c("PATCH", rules + "/{id}", one, admin, json={"priority": 5})
+    await c("DELETE", rules + "/{id}", one, admin)
+    await c("GET", rules + "/{id}", one, admin)
+    opt = "/api/v1/calls/{ref}/opt-out"
+    await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": True})
+    await c("POST", opt, "/api/v1/calls/nothing/opt-out", admin, json={})
+    await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": 1})
+    restrict = "/api/v1/recordings/{id}/restricted"
+    await c("POST", restrict, f"/api/v1/recordings/{live}/restricted", admin,
+            json={"restricted": True})
+    await c("POST", restrict, f"/api/v1/recordings/{uuid.uuid4()}/restricted", admin,
+            json={"restricted": True})
+
+
 def test_every_reference_in_the_document_resolves() -> None:
     doc = document()
     assert doc["openapi"].startswith("3.1")
@@ -244,6 +268,7 @@ async def test_real_responses_match_the_document(
             json={"nope": 1})
 
     await exercise_lifecycle_endpoints(c, db_pool, ring, tmp_path, checker.services, admin)
+    await exercise_rules_endpoints(c, live, admin)
 
     await c("GET", "/healthz", "/healthz", None)
     metrics = await c("GET", "/metrics", "/metrics", None)
