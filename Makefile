@@ -29,10 +29,13 @@ system-deps:
 	@{ command -v gpg && command -v openssl; } >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
-# What only the tests need: SIPp (interop/load tests), from Debian.
+# What only the tests need, from Debian: SIPp (interop/load tests); OpenSSH's sshd, which the
+# delivery tests start on a loopback port as the customer's SFTP server.
 test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
+	@test -x /usr/sbin/sshd || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server; }
 
 run: install
 	$(BIN)/siprec-server run

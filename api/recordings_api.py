@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
+from api.deliveries_api import setup_deliveries
 from api.jobs_api import setup_jobs
 from api.lifecycle_api import setup_lifecycle
 from api.openapi import setup_openapi
@@ -604,5 +605,6 @@ def setup_recordings(app: web.Application) -> None:
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
     setup_lifecycle(app)
     setup_rules(app)
+    setup_deliveries(app)
     setup_jobs(app)
     setup_openapi(app)

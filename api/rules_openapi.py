@@ -54,6 +54,32 @@ RULES_SCHEMAS: dict[str, Schema] = {
         "id": _UUID, "restricted": {"type": "boolean"}, "changed": {"type": "boolean"}}),
 }
 
+_STR_OR_NULL = {"type": ["string", "null"]}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+RULES_SCHEMAS.update({
+    "Delivery": _object(["destination", "state", "attempts", "last_error", "files"], {
+        "destination": {"type": "string"}, "kind": {"type": ["string", "null"]},
+        "state": {"type": "string",
+                  "enum": ["pending", "running", "delivered", "failed", "cancelled"]},
+        "attempts": {"type": "integer"}, "next_attempt_at": _TIME_OR_NULL,
+        "last_error": _STR_OR_NULL, "recipient_fingerprint": _STR_OR_NULL,
+        "files": {"type": ["array", "null"], "items": {"type": "object"}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "delivered_at": _TIME_OR_NULL}),
+    "DeliveryList": _object(["items"], {"items": {"type": "array",
+                                                  "items": _ref("Delivery")}}),
+    "WebhookDelivery": _object(["id", "endpoint", "event", "state", "attempts"], {
+        "id": _UUID, "endpoint": {"type": "string"}, "event": {"type": "string"},
+        "event_id": {"type": "string"}, "recording_id": _STR_OR_NULL,
+        "state": {"type": "string", "enum": ["pending", "running", "delivered", "dead"]},
+        "attempts": {"type": "integer"}, "next_attempt_at": _TIME_OR_NULL,
+        "last_status": {"type": ["integer", "null"]}, "last_error": _STR_OR_NULL,
+        "created_at": {"type": "string", "format": "date-time"},
+        "delivered_at": _TIME_OR_NULL}),
+    "WebhookDeliveryList": _object(["items"], {"items": {"type": "array",
+                                                         "items": _ref("WebhookDelivery")}}),
+})
+
 _RULE_ID = _path("id", "recording rule id")
 
 RULES_PATHS: dict[str, Schema] = {
@@ -88,6 +114,37 @@ RULES_PATHS: dict[str, Schema] = {
                  "requestBody": _body("OptOutRequest"),
                  "responses": {"200": _json("OptOutResult"),
                                **_errors(400, 401, 403, 404, 409, 413, 503)}},
+    },
+    "/api/v1/recordings/{id}/deliveries": {
+        "parameters": [_path("id", "recording id")],
+        "get": {"summary": "Where the sealed recording was delivered, encrypted to each "
+                           "destination's recipient: state, attempts, last error (search)",
+                "tags": ["deliveries"],
+                "responses": {"200": _json("DeliveryList"), **_errors(401, 403, 404)}},
+    },
+    "/api/v1/recordings/{id}/deliveries/{destination}/retry": {
+        "parameters": [_path("id", "recording id"),
+                       {"name": "destination", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "post": {"summary": "Queue a failed delivery again, attempts reset "
+                            "(deliveries.manage)", "tags": ["deliveries"],
+                 "responses": {"202": _json("Delivery", "queued"),
+                               **_errors(401, 403, 404, 409)}},
+    },
+    "/api/v1/webhooks/deliveries": {
+        "get": {"summary": "Webhook deliveries, newest first; ?state=dead lists the dead "
+                           "letters (deliveries.manage)", "tags": ["deliveries"],
+                "parameters": [{"name": "state", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": [
+                                    "pending", "running", "delivered", "dead"]}}],
+                "responses": {"200": _json("WebhookDeliveryList"), **_errors(400, 401, 403)}},
+    },
+    "/api/v1/webhooks/deliveries/{id}/retry": {
+        "parameters": [_path("id", "webhook delivery id")],
+        "post": {"summary": "Send a dead webhook again (deliveries.manage)",
+                 "tags": ["deliveries"],
+                 "responses": {"202": _json("WebhookDelivery", "queued"),
+                               **_errors(401, 403, 404, 409)}},
     },
     "/api/v1/recordings/{id}/restricted": {
         "parameters": [_path("id", "recording id")],

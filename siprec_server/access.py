@@ -90,6 +90,8 @@ class Permission(StrEnum):
     """Recording rules (what is recorded) and marking recordings restricted."""
     OPT_OUT = "opt_out"
     """Stop a live recording because the caller withdrew consent (and discard it)."""
+    DELIVERIES_MANAGE = "deliveries.manage"
+    """Retry failed deliveries and dead webhooks, list webhook deliveries."""
 
 
 class Role(StrEnum):

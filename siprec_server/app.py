@@ -21,6 +21,7 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.deliveries_api import DELIVERIES_KEY
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
@@ -46,6 +47,7 @@ from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.accounts import ensure_bootstrap_admin
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.deliveries import DeliveryService
 from siprec_server.services.lifecycle import LifecycleServices, build_lifecycle
 from siprec_server.services.node import NodeMembership
 from siprec_server.sip.agent import AgentSettings, SipAgent
@@ -127,6 +129,7 @@ class RunningServer:
     api_address: tuple[str, int]
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
     lifecycle: LifecycleServices | None = None
+    deliveries: DeliveryService | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -137,6 +140,8 @@ class RunningServer:
         try:
             if self.lifecycle is not None:
                 await self.lifecycle.close()
+            if self.deliveries is not None:
+                await self.deliveries.close()
             await self.recorder.shutdown()
             await self.media.close()
             await self.api_runner.cleanup()
@@ -322,6 +327,9 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         api[KEYS_KEY] = keys
         api[LIFECYCLE_KEY] = lifecycle
         api[CALLS_KEY] = recorder
+        deliveries = DeliveryService(db, keys, config.deliveries, config.webhooks, node_id,
+                                     data_dir / "deliveries", detail_view)
+        api[DELIVERIES_KEY] = deliveries
         setup_recordings(api)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
@@ -329,6 +337,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
         assert lifecycle.rules is not None
         metrics.register("siprec_rules", "Recording rules, opt-outs", lifecycle.rules.counters)
+        metrics.register("siprec_delivery", "Encrypted deliveries and webhooks",
+                         deliveries.counters)
         assert lifecycle.runner is not None
         metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
         metrics.register("siprec_database", "The database and its supervision",
@@ -360,8 +370,9 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         await database.close()
         raise
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
-                           api_address, bound, lifecycle)
+                           api_address, bound, lifecycle, deliveries)
     lifecycle.start()
+    deliveries.start()
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"

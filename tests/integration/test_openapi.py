@@ -126,6 +126,18 @@ async def exercise_rules_endpoints(c: Any, live: uuid.UUID, admin: str) -> None:
     await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": True})
     await c("POST", opt, "/api/v1/calls/nothing/opt-out", admin, json={})
     await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": 1})
+    await c("GET", "/api/v1/recordings/{id}/deliveries", f"/api/v1/recordings/{live}/deliveries",
+            admin)
+    await c("GET", "/api/v1/recordings/{id}/deliveries",
+            f"/api/v1/recordings/{uuid.uuid4()}/deliveries", admin)
+    await c("POST", "/api/v1/recordings/{id}/deliveries/{destination}/retry",
+            f"/api/v1/recordings/{live}/deliveries/nowhere/retry", admin)
+    await c("GET", "/api/v1/webhooks/deliveries", "/api/v1/webhooks/deliveries", admin,
+            params={"state": "dead"})
+    await c("GET", "/api/v1/webhooks/deliveries", "/api/v1/webhooks/deliveries", admin,
+            params={"state": "x"})
+    await c("POST", "/api/v1/webhooks/deliveries/{id}/retry",
+            f"/api/v1/webhooks/deliveries/{uuid.uuid4()}/retry", admin)
     restrict = "/api/v1/recordings/{id}/restricted"
     await c("POST", restrict, f"/api/v1/recordings/{live}/restricted", admin,
             json={"restricted": True})

@@ -49,7 +49,8 @@ def principal(role: str, *scopes: str) -> Principal:
     [
         ("admin", {"search", "play", "export", "delete", "pause", "audit.read", "users.manage",
                    "keys.manage", "retention.manage", "holds.manage", "subjects.manage",
-                   "annotate", "restricted", "rules.manage", "opt_out"}),
+                   "annotate", "restricted", "rules.manage", "opt_out",
+                   "deliveries.manage"}),
         ("supervisor", {"search", "play", "export", "pause", "annotate"}),
         ("auditor", {"search", "audit.read"}),
         ("agent", {"search", "play"}),
