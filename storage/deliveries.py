@@ -151,9 +151,9 @@ async def fan_out(
                     uuid4(), name, event.seq, f"recording.{event.event}", event.recording_id,
                     json.dumps(payload_of(event)), now)
         if events:
-            await conn.execute(
-                "UPDATE recording_events SET dispatched = true WHERE seq = ANY($1::bigint[])",
-                [e.seq for e in events])
+            # Consumed: the rows made from them are the record (the outbox does not grow).
+            await conn.execute("DELETE FROM recording_events WHERE seq = ANY($1::bigint[])",
+                               [e.seq for e in events])
     return events
 
 

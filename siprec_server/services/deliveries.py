@@ -269,7 +269,8 @@ class DeliveryService:
     # -------------------------------------------------------------- loop
 
     def start(self) -> None:
-        if self.active and self._task is None:
+        # Also without destinations or endpoints: the outbox is drained either way.
+        if self._task is None:
             self._task = asyncio.create_task(self._loop())
 
     def wake(self) -> None:
