@@ -30,13 +30,16 @@ system-deps:
 	@{ command -v gpg && command -v openssl; } >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
-# What only the tests need: SIPp (interop/load tests), the age command line (custodians opening
-# their shares) and SoftHSM2 (a real PKCS#11 token), from Debian.
+# What only the tests need, from Debian: SIPp (interop/load tests), the age command line
+# (custodians opening their shares), SoftHSM2 (a real PKCS#11 token) and OpenSSH's sshd, which
+# the delivery tests start on a loopback port as the customer's SFTP server.
 test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
 	@command -v age >/dev/null 2>&1 && command -v softhsm2-util >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age softhsm2; }
+	@test -x /usr/sbin/sshd || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server; }
 
 run: install
 	$(BIN)/siprec-server run

@@ -5,7 +5,8 @@ command line shares.
     POST   /api/v1/auth/token      {"username","password"} -> {"token","expires_at",...}
     DELETE /api/v1/auth/token      revoke the caller's token
     GET    /api/v1/users           users.manage
-    POST   /api/v1/users           users.manage: {"username","role","password"?,"scopes"?}
+    POST   /api/v1/users           users.manage: {"username","role","password"?,"scopes"?,
+                                                  "grants"?: ["restricted"]}
     GET    /api/v1/users/me        any authenticated caller: their own account
     GET    /api/v1/users/{id}      users.manage
     PATCH  /api/v1/users/{id}      users.manage: {"role"?,"scopes"?,"disabled"?,"password"?,
@@ -21,6 +22,7 @@ tokens never appear in events or logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from siprec_server.access import (
     Principal,
     new_api_token,
     token_digest,
+    validate_grants,
     validate_password,
     validate_role,
     validate_scopes,
@@ -233,7 +236,7 @@ async def _login_succeeded(
                  "expires_at": rfc3339(issued.expires_at),
                  "rehashed": new_hash is not None},
     ))
-    principal = Principal.of(user.id, user.username, user.role, user.scopes)
+    principal = Principal.of(user.id, user.username, user.role, user.scopes, user.grants)
     response = web.json_response({
         "token": token,
         "token_type": "Bearer",
@@ -320,7 +323,8 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 @require(Permission.USERS_MANAGE, action="users.create")
 async def create_user(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    body = await read_json_object(request, frozenset({"username", "role", "password", "scopes"}))
+    body = await read_json_object(request, frozenset({"username", "role", "password", "scopes",
+                                                      "grants"}))
     if "username" not in body or "role" not in body:
         raise ApiInputError("username and role are required")
     identity = request.app[IDENTITY_KEY]
@@ -331,6 +335,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
             username=body["username"],
             role=body["role"],
             scopes=body.get("scopes", []),
+            grants=body.get("grants", []),
             password=body.get("password"),
             source=_source(request),
             hashing=identity.hashing,
@@ -363,7 +368,7 @@ async def show_user(request: web.Request) -> web.StreamResponse:
     return web.json_response({"user": user_view(user, datetime.now(UTC))})
 
 
-_PATCHABLE = frozenset({"role", "scopes", "disabled", "password", "unlock"})
+_PATCHABLE = frozenset({"role", "scopes", "grants", "disabled", "password", "unlock"})
 
 
 @require(Permission.USERS_MANAGE, action="users.update")
@@ -378,6 +383,8 @@ async def update_user(request: web.Request) -> web.StreamResponse:
         changes["role"] = validate_role(body["role"]).value
     if "scopes" in body:
         changes["scopes"] = validate_scopes(body["scopes"])
+    if "grants" in body:
+        changes["grants"] = validate_grants(body["grants"])
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise ApiInputError("disabled must be true or false")
@@ -474,6 +481,8 @@ def _audit_query(query: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
 async def list_audit(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     query, given = _audit_query(request.query)
+    if not principal.sees_restricted:
+        query = dataclasses.replace(query, hide_restricted=True)
     page = await read_audit(request.app[DB_KEY], query)
     items = [audit_event_view(event) for event in page.events]
     next_cursor = str(page.events[-1].seq) if page.more else None

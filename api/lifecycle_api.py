@@ -29,7 +29,7 @@ from aiohttp import web
 from api.app import DB_KEY, ApiInputError, read_json_object
 from api.security import principal_of, require
 from api.views import rfc3339
-from siprec_server.access import Permission, Principal, scope_filter
+from siprec_server.access import Permission, Principal
 from siprec_server.compliance import ComplianceError
 from siprec_server.compliance.holds import parse_hold_query, parse_text
 from siprec_server.services.lifecycle import LifecycleServices
@@ -294,8 +294,9 @@ async def create_subject_request(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request, frozenset({"kind", "participant", "name",
                                                       "recipient"}), MAX_BODY)
     lifecycle = _lifecycle(request)
-    created = await lifecycle.subjects.create(body, actor=_actor(request),
-                                              source=request.remote)
+    created = await lifecycle.subjects.create(
+        body, actor=_actor(request), source=request.remote,
+        include_restricted=principal_of(request).sees_restricted)
     if lifecycle.runner is not None:
         lifecycle.runner.wake()
     view = request_view(created)
@@ -352,7 +353,7 @@ async def download_bundle(request: web.Request) -> web.StreamResponse:
 
 
 def _scope(principal: Principal) -> Any:
-    return functools.partial(scope_filter, principal)
+    return principal.recording_scope()
 
 
 async def _visible_recording(request: web.Request) -> UUID:

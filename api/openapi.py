@@ -22,6 +22,7 @@ from api.openapi_schema import json_response as _json
 from api.openapi_schema import nullable as _nullable
 from api.openapi_schema import object_schema as _object
 from api.openapi_schema import ref as _ref
+from api.rules_openapi import RULES_PATHS, RULES_SCHEMAS
 
 __all__ = ["OPENAPI_VERSION", "document", "setup_openapi"]
 
@@ -48,6 +49,12 @@ _RECORDING_PROPERTIES: dict[str, Schema] = {
     "streams": {"type": "array", "items": _ref("Stream")},
     "pauses": {"type": "array", "items": _ref("Pause")},
     "dtmf_events": {"type": "integer", "description": "Key presses seen (never the digits)"},
+    "restricted": {"type": "boolean", "description": "Seen only by users with the restricted "
+                                                     "permission"},
+    "recording_mode": {"type": "string", "enum": ["record", "metadata_only"],
+                       "description": "What the recording rules kept: audio and metadata, or "
+                                      "metadata only"},
+    "opted_out_at": _TIME_OR_NULL,
     "erased_at": _TIME_OR_NULL,
     "erased_by": _nullable("string"),
     "erasure_reason": _nullable("string"),
@@ -469,9 +476,9 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": {**PATHS, **LIFECYCLE_PATHS},
+        "paths": {**PATHS, **LIFECYCLE_PATHS, **RULES_PATHS},
         "components": {
-            "schemas": {**SCHEMAS, **LIFECYCLE_SCHEMAS},
+            "schemas": {**SCHEMAS, **LIFECYCLE_SCHEMAS, **RULES_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "POST /api/v1/auth/token"}},
         },

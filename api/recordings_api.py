@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
-import functools
 import io
 import re
 from collections.abc import Iterator, Mapping
@@ -34,12 +33,14 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from api.app import DB_KEY, ApiInputError, parse_timestamp, read_json_object
+from api.deliveries_api import setup_deliveries
 from api.jobs_api import setup_jobs
 from api.lifecycle_api import setup_lifecycle
 from api.openapi import setup_openapi
+from api.rules_api import setup_rules
 from api.security import audit_denied, principal_of, require
 from api.views import detail_view, recording_view, tombstone_view
-from siprec_server.access import Permission, Principal, scope_filter
+from siprec_server.access import Permission, Principal
 from siprec_server.logs import get_logger
 from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata import normalize_aor
@@ -102,7 +103,7 @@ def _recording_id(request: web.Request) -> UUID:
 
 
 def _scope(principal: Principal) -> search.ScopeSql:
-    return functools.partial(scope_filter, principal)
+    return principal.recording_scope()
 
 
 def _source(request: web.Request) -> str:
@@ -603,5 +604,7 @@ def setup_recordings(app: web.Application) -> None:
     router.add_post("/api/v1/calls/{ref}/pause", pause_call)
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
     setup_lifecycle(app)
+    setup_rules(app)
+    setup_deliveries(app)
     setup_jobs(app)
     setup_openapi(app)

@@ -99,7 +99,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     user = owner.user
     try:
-        principal = Principal.of(user.id, user.username, user.role, user.scopes)
+        principal = Principal.of(user.id, user.username, user.role, user.scopes, user.grants)
     except AccessError:
         # A role this code does not know (a newer release wrote it): grant nothing.
         log.warning("unknown_role", user_id=str(user.id))

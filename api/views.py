@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from siprec_server.access import ROLES, Role
+from siprec_server.access import ROLES, Permission, Role
 from storage.audit import StoredAuditEvent
 from storage.erasure import Tombstone
 from storage.search import FoundRecording
@@ -103,6 +103,9 @@ def recording_view(found: FoundRecording, *, full_stats: bool = False) -> dict[s
         "pauses": [_pause_view(p) for p in row["pauses"] or ()],
         "dtmf_events": row["dtmf_events"],
         "no_media": row["no_media"],
+        "restricted": row.get("restricted", False),
+        "recording_mode": row.get("recording_mode", "record"),
+        "opted_out_at": rfc3339(row.get("opted_out_at")),
         "erased_at": rfc3339(row["erased_at"]),
         "erased_by": row["erased_by"],
         "erasure_reason": row["erasure_reason"],
@@ -164,7 +167,7 @@ def tombstone_view(tombstone: Tombstone) -> dict[str, Any]:
 def user_view(user: User, now: datetime) -> dict[str, Any]:
     """An API account as the user endpoints show it (never its password hash)."""
     try:
-        permissions = sorted(ROLES[Role(user.role)])
+        permissions = sorted(ROLES[Role(user.role)] | {Permission(g) for g in user.grants})
     except ValueError:
         permissions = []
     return {
@@ -173,6 +176,7 @@ def user_view(user: User, now: datetime) -> dict[str, Any]:
         "role": user.role,
         "permissions": permissions,
         "scopes": list(user.scopes),
+        "grants": list(user.grants),
         "disabled": user.disabled,
         "locked": user.locked_until is not None and user.locked_until > now,
         "locked_until": rfc3339(user.locked_until),

@@ -41,9 +41,11 @@ __all__ = [
     "ROLES",
     "AccessError",
     "LoginPolicy",
+    "GRANTABLE",
     "PasswordHashing",
     "Permission",
     "Principal",
+    "RecordingScope",
     "Role",
     "generate_password",
     "is_number_pattern",
@@ -53,6 +55,7 @@ __all__ = [
     "validate_password",
     "validate_role",
     "validate_scope",
+    "validate_grants",
     "validate_scopes",
     "validate_username",
 ]
@@ -79,6 +82,16 @@ class Permission(StrEnum):
     """Data-subject requests: finding everything of a person, bundles, erasure."""
     ANNOTATE = "annotate"
     """Tags, comments and flags on recordings the user can see."""
+    RESTRICTED = "restricted"
+    """Sees restricted recordings (Puzzel's "restricted and sensitive"): in search, detail,
+    playback, annotations, exports, bundles and the audit trail; without it they answer 404.
+    Admins hold it; any other user only by a grant (`users add --grant restricted`)."""
+    RULES_MANAGE = "rules.manage"
+    """Recording rules (what is recorded) and marking recordings restricted."""
+    OPT_OUT = "opt_out"
+    """Stop a live recording because the caller withdrew consent (and discard it)."""
+    DELIVERIES_MANAGE = "deliveries.manage"
+    """Retry failed deliveries and dead webhooks, list webhook deliveries."""
 
 
 class Role(StrEnum):
@@ -101,13 +114,29 @@ ROLES: dict[Role, frozenset[Permission]] = {
     Role.AUDITOR: frozenset({P.SEARCH, P.AUDIT_READ}),
     # Own recordings only: what "own" means is the agent's scope.
     Role.AGENT: frozenset({P.SEARCH, P.PLAY}),
-    # Payment gateways and CRMs pausing recording while card data is spoken.
-    Role.INTEGRATION: frozenset({P.PAUSE}),
+    # Payment gateways and CRMs pausing recording while card data is spoken, and telling the
+    # recorder that the caller refused to be recorded.
+    Role.INTEGRATION: frozenset({P.PAUSE, P.OPT_OUT}),
     # Holds a share of the master key and approves key ceremonies (dual control); hears no
     # call and manages no account (split of duties, PCI DSS 3.6.1.2).
     Role.CUSTODIAN: frozenset({P.KEYS_MANAGE}),
 }
 del P
+
+GRANTABLE: frozenset[Permission] = frozenset({Permission.RESTRICTED})
+"""Permissions a user may hold beyond their role's (users.grants)."""
+
+
+def validate_grants(values: object) -> tuple[str, ...]:
+    if not isinstance(values, list | tuple):
+        raise AccessError("grants must be a list of permissions")
+    out: dict[str, None] = {}
+    for value in values:
+        if value not in {g.value for g in GRANTABLE}:
+            raise AccessError(f"grants: only {', '.join(sorted(g.value for g in GRANTABLE))} "
+                              "can be granted beyond a role")
+        out[str(value)] = None
+    return tuple(out)
 
 
 def validate_role(text: object) -> Role:
@@ -131,13 +160,24 @@ class Principal:
     """Canonical scope patterns (validate_scope); empty = unrestricted, except for agents."""
 
     @classmethod
-    def of(cls, user_id: UUID, username: str, role: str, scopes: Iterable[str]) -> Principal:
-        """The principal of a stored user; its permissions come from the role table."""
+    def of(cls, user_id: UUID, username: str, role: str, scopes: Iterable[str],
+           grants: Iterable[str] = ()) -> Principal:
+        """The principal of a stored user; its permissions come from the role table, plus
+        the grantable ones it was granted."""
         known = validate_role(role)
-        return cls(user_id, username, known, ROLES[known], tuple(scopes))
+        extra = {Permission(g) for g in grants if g in {p.value for p in GRANTABLE}}
+        return cls(user_id, username, known, ROLES[known] | extra, tuple(scopes))
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
+
+    @property
+    def sees_restricted(self) -> bool:
+        return Permission.RESTRICTED in self.permissions
+
+    def recording_scope(self) -> RecordingScope:
+        """Which recordings this principal may see, for storage.search."""
+        return RecordingScope(self)
 
     @property
     def unrestricted(self) -> bool:
@@ -306,6 +346,23 @@ def scope_filter(
         "(" + " OR ".join(t for c in columns for t in c.terms) + ")",
         [c.values for c in columns],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingScope:
+    """A principal's view of the recordings, as storage.search takes it: called like
+    `scope_filter` (an SQL condition over one participants row), and `sees_restricted` saying
+    whether restricted recordings are in view (storage adds `NOT restricted` otherwise)."""
+
+    principal: Principal
+
+    def __call__(self, participants_table_alias: str, first_param: int
+                 ) -> tuple[str, list[object]]:
+        return scope_filter(self.principal, participants_table_alias, first_param)
+
+    @property
+    def sees_restricted(self) -> bool:
+        return self.principal.sees_restricted
 
 
 # --- users and passwords ----------------------------------------------------------------------

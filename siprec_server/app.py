@@ -22,10 +22,12 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.deliveries_api import DELIVERIES_KEY
 from api.keys_api import setup_keys
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
+from api.rules_api import CALLS_KEY
 from api.views import detail_view
 from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
@@ -49,6 +51,7 @@ from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.accounts import ensure_bootstrap_admin
 from siprec_server.services.audit_checkpoints import AuditCheckpointer
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.deliveries import DeliveryService
 from siprec_server.services.erasure_vacuum import ErasureVacuum
 from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.services.lifecycle import LifecycleServices, build_lifecycle
@@ -170,6 +173,7 @@ class RunningServer:
     background: list[Periodic] = field(default_factory=list)
     erasure_vacuum: ErasureVacuum | None = None
     checkpoints: AuditCheckpointer | None = None
+    deliveries: DeliveryService | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -186,6 +190,8 @@ class RunningServer:
                 await self.keys.close()
             if self.erasure_vacuum is not None:
                 await self.erasure_vacuum.close()
+            if self.deliveries is not None:
+                await self.deliveries.close()
             await self.recorder.shutdown()
             await self.media.close()
             await self.api_runner.cleanup()
@@ -378,6 +384,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             idle_timeout=config.sip.idle_timeout,
             untrusted_rate=config.sip.untrusted_rate,
         ))
+        lifecycle = build_lifecycle(db, config, keys=ring, node_id=node_id, data_dir=data_dir,
+                                    describe=detail_view)
         recorder = Recorder(
             RecorderSettings(
                 node_id=node_id,
@@ -400,6 +408,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             ports=media,
             media=media,
             sealed=lambda: not key_service.ready,
+            rules=lifecycle.rules,
         )
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
@@ -426,14 +435,20 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         setup_keys(api, key_service)
         api[MEDIA_KEY] = media
         api[KEYS_KEY] = ring
-        lifecycle = build_lifecycle(db, config, keys=ring, node_id=node_id, data_dir=data_dir,
-                                    describe=detail_view)
         api[LIFECYCLE_KEY] = lifecycle
+        api[CALLS_KEY] = recorder
+        deliveries = DeliveryService(db, ring, config.deliveries, config.webhooks, node_id,
+                                     data_dir / "deliveries", detail_view)
+        api[DELIVERIES_KEY] = deliveries
         setup_recordings(api)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
                          lifecycle.retention.counters)
         metrics.register("siprec_subject", "Data-subject requests", lifecycle.subjects.counters)
+        assert lifecycle.rules is not None
+        metrics.register("siprec_rules", "Recording rules, opt-outs", lifecycle.rules.counters)
+        metrics.register("siprec_delivery", "Encrypted deliveries and webhooks",
+                         deliveries.counters)
         assert lifecycle.runner is not None
         key_service.register_jobs(lifecycle.runner)  # one job runner for every kind
         metrics.register("siprec_lifecycle", "Background jobs", lifecycle.runner.counters)
@@ -472,8 +487,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         await database.close()
         raise
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
-                           api_address, bound, lifecycle=lifecycle, keys=key_service)
+                           api_address, bound, lifecycle=lifecycle, keys=key_service,
+                           deliveries=deliveries)
     lifecycle.start()
+    deliveries.start()
     # Reminders before a master key version is due, and a daily alert once it is overdue.
     cryptoperiods = Periodic(key_service.check_cryptoperiods, CRYPTOPERIOD_CHECK_S, log=log,
                              failure="cryptoperiod_check_failed")

@@ -35,6 +35,10 @@ def add_parsers(users: argparse.ArgumentParser, config_option: Any) -> None:
         help='restrict to numbers ("+4420794600*", "2001") or AORs ("sip:*@sales.example.com");'
         " repeatable",
     )
+    add.add_argument(
+        "--grant", action="append", default=[], metavar="PERMISSION",
+        help="a permission beyond the role's: restricted (sees restricted recordings)",
+    )
     config_option(add)
     listing = commands.add_parser("list", help="every account: role, state, last login")
     listing.add_argument("--json", action="store_true", help="one JSON document")
@@ -97,6 +101,7 @@ async def run(config: Config, args: argparse.Namespace) -> int:
 def _check_early(args: argparse.Namespace, password: str | None) -> None:
     """Before starting anything: a typo is answered at once."""
     from siprec_server.access import (
+        validate_grants,
         validate_password,
         validate_role,
         validate_scopes,
@@ -107,6 +112,7 @@ def _check_early(args: argparse.Namespace, password: str | None) -> None:
         validate_username(args.name)
         validate_role(args.role)
         validate_scopes(args.scope)
+        validate_grants(args.grant)
     if password is not None:
         validate_password(password, username=getattr(args, "name", None))
 
@@ -116,7 +122,7 @@ async def _add(db: Any, args: argparse.Namespace, password: str | None) -> int:
 
     user, generated = await create_account(
         db, actor=operator(), username=args.name, role=args.role, scopes=args.scope,
-        password=password, source="cli")
+        grants=args.grant, password=password, source="cli")
     assert user is not None
     print(f"created user {user.username} ({user.role}) id {user.id}")
     if generated is not None:
@@ -134,6 +140,7 @@ async def _list(db: Any, args: argparse.Namespace, password: str | None) -> int:
     accounts = await users.list_users(db)
     rows: list[dict[str, Any]] = [{
         "username": u.username, "id": str(u.id), "role": u.role, "scopes": list(u.scopes),
+        "grants": list(u.grants),
         "state": ("disabled" if u.disabled
                   else "locked" if u.locked_until is not None and u.locked_until > now
                   else "active"),

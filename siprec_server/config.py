@@ -158,6 +158,56 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    default_action: str = "record"
+    opt_out_default: str = "discard"
+
+
+DELIVERY_KINDS = ("sftp", "s3")
+WEBHOOK_EVENTS = ("recording.started", "recording.sealed", "recording.erased", "recording.held")
+
+
+@dataclass(frozen=True)
+class DeliveryDestination:
+    kind: str = ""
+    url: str = ""
+    endpoint: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    host_key: str = ""
+    client_key_file: str = ""
+    recipient_key_file: str = ""
+    include_restricted: bool = True
+
+
+@dataclass(frozen=True)
+class DeliveriesConfig:
+    destinations: dict[str, DeliveryDestination] = field(default_factory=dict)
+    max_attempts: int = 12
+    retry_base: int = 30
+    retry_max: int = 3600
+    poll_interval: int = 5
+    lease: int = 600
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    url: str = ""
+    secret: str = ""
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    endpoints: dict[str, WebhookEndpoint] = field(default_factory=dict)
+    max_attempts: int = 10
+    retry_base: int = 10
+    retry_max: int = 3600
+    timeout: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     sip: SipConfig = field(default_factory=SipConfig)
@@ -169,6 +219,9 @@ class Config:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    deliveries: DeliveriesConfig = field(default_factory=DeliveriesConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +315,15 @@ def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], key + ".")  # type: ignore[arg-type]
+        elif typing.get_origin(hint) is dict:
+            # A table of named tables ([deliveries.destinations.NAME]).
+            item = typing.get_args(hint)[1]
+            if not isinstance(raw[name], Mapping):
+                raise ConfigError(f"{key}: expected a table of named tables")
+            values[name] = {
+                str(sub): _build(item, table, f"{key}.{sub}.")
+                for sub, table in raw[name].items()
+            }
         else:
             values[name] = _coerce(raw[name], hint, key)
     return cls(**values)
@@ -425,6 +487,12 @@ def _validate(config: Config) -> None:
         raise ConfigError("lifecycle.scrypt_work_factor: 10 to 22 (age's default is 18)")
     if lifecycle.job_stale_after < 60:
         raise ConfigError("lifecycle.job_stale_after: at least 60 seconds")
+    if config.rules.default_action not in ("record", "metadata_only", "do_not_record"):
+        raise ConfigError("rules.default_action: record, metadata_only or do_not_record")
+    if config.rules.opt_out_default not in ("keep", "discard"):
+        raise ConfigError("rules.opt_out_default: keep or discard")
+    _validate_deliveries(config.deliveries, config.webhooks)
+
     if config.auth.token_ttl < 60:
         raise ConfigError("auth.token_ttl: at least 60 seconds")
     if not 60 <= config.auth.idle_timeout <= 900:
@@ -473,3 +541,39 @@ def _validate_keys(keys: KeysConfig, audit: AuditConfig) -> None:
             raise ConfigError("keys.smtp_server: expected host:port")
     if audit.checkpoint_events < 1 or audit.checkpoint_interval < 1:
         raise ConfigError("audit.checkpoint_events and audit.checkpoint_interval: at least 1")
+
+
+def _validate_deliveries(deliveries: DeliveriesConfig, webhooks: WebhooksConfig) -> None:
+    for name, dest in deliveries.destinations.items():
+        where = f"deliveries.destinations.{name}"
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{where}: a name of letters, digits, - and _")
+        if dest.kind not in DELIVERY_KINDS:
+            raise ConfigError(f"{where}.kind: sftp or s3")
+        if not dest.recipient_key_file:
+            raise ConfigError(f"{where}.recipient_key_file: the customer's X.509 certificate "
+                              "(PEM) or OpenPGP public key (armored); deliveries are always "
+                              "encrypted")
+        if dest.kind == "sftp":
+            if not dest.url.startswith("sftp://"):
+                raise ConfigError(f"{where}.url: sftp://user@host[:port]/directory")
+            if not dest.host_key or not dest.client_key_file:
+                raise ConfigError(f"{where}: host_key (the server's public key, pinned) and "
+                                  "client_key_file (our private key) are required")
+        elif not dest.url.startswith("s3://"):
+            raise ConfigError(f"{where}.url: s3://bucket[/prefix]")
+    for key in ("max_attempts", "retry_base", "retry_max", "poll_interval", "lease"):
+        if getattr(deliveries, key) < 1:
+            raise ConfigError(f"deliveries.{key}: at least 1")
+    for name, hook in webhooks.endpoints.items():
+        where = f"webhooks.endpoints.{name}"
+        if not hook.url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.url: an http(s) URL")
+        if len(hook.secret) < 16:
+            raise ConfigError(f"{where}.secret: at least 16 characters (the HMAC key)")
+        unknown = set(hook.events) - set(WEBHOOK_EVENTS)
+        if unknown:
+            raise ConfigError(f"{where}.events: known events are {', '.join(WEBHOOK_EVENTS)}")
+    for key in ("max_attempts", "retry_base", "retry_max", "timeout"):
+        if getattr(webhooks, key) < 1:
+            raise ConfigError(f"webhooks.{key}: at least 1")

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
 
+from siprec_server.compliance.rules import RuleDecision
 from siprec_server.logs import get_logger
 from siprec_server.media.ports import PortsExhausted
 from siprec_server.net.source_policy import LOOPBACK, Admission, SourcePolicy, is_loopback
@@ -43,6 +44,7 @@ from siprec_server.siprec.sdp_answer import (
     AnswerPreferences,
     NoAcceptableMedia,
     acceptable_m_lines,
+    decline_all,
     negotiate,
 )
 from siprec_server.siprec.session import RecordingSession, SessionState
@@ -108,6 +110,29 @@ class MediaPort(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What recording rules decide on, as the INVITE tells it."""
+
+    numbers: frozenset[str]
+    """Normalised numbers of the parties the metadata names."""
+    aors: frozenset[str]
+    """Their AORs, lower-cased."""
+    metadata_xml: str | None
+    """The rs-metadata document, for the SRC facts (direction, extension data)."""
+    started_at: datetime
+
+
+class RulesPort(Protocol):
+    """The recording rules (siprec_server.services.recording_rules.RecordingRulesService)."""
+
+    async def decide(self, call: CallFacts) -> RuleDecision:
+        """StorageUnavailable when the rules cannot be read: the INVITE gets 503."""
+
+    async def not_recorded(self, decision: RuleDecision, at: datetime) -> None:
+        """A call answered without keeping anything (do_not_record): counted and audited."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecorderSettings:
     node_id: str
     media_address: str
@@ -152,6 +177,12 @@ class RecorderCounters:
     """Offers refused for SRTP keys over unencrypted SIP."""
     disk_low_rejections: int = 0
     """New sessions refused because recording storage was below its floor."""
+    sessions_not_recorded: int = 0
+    """Sessions a recording rule said not to record: answered, nothing kept."""
+    sessions_metadata_only: int = 0
+    """Sessions a recording rule said to keep without audio."""
+    opt_outs: int = 0
+    """Recordings stopped because the caller withdrew consent."""
 
 
 class Recorder:
@@ -164,8 +195,10 @@ class Recorder:
         media: MediaPort | None = None,
         clock: Callable[[], datetime] = _utcnow,
         sealed: Callable[[], bool] = lambda: False,
+        rules: RulesPort | None = None,
     ) -> None:
         self.settings = settings
+        self.rules = rules
         self._storage = storage
         self.sip = sip
         self._ports = ports
@@ -220,6 +253,12 @@ class Recorder:
 
     def sessions(self) -> list[RecordingSession]:
         return list(self._dialogs.values())
+
+    def session_of_recording(self, recording_id: UUID) -> RecordingSession | None:
+        for session in self._dialogs.values():
+            if session.recording_id == recording_id:
+                return session
+        return None
 
     # ---------------------------------------------------------------- initial INVITE
 
@@ -276,6 +315,24 @@ class Recorder:
         xml: str | None,
         now: datetime,
     ) -> None:
+        if document is not None:
+            session.apply_metadata(document, now)
+        try:
+            decision = await self._decide(session, xml, now)
+        except StorageUnavailable:
+            self.counters.db_unavailable_rejections += 1
+            self._discard(event.txn, session)
+            self._reject(event.txn, 503, "Recording database unavailable", retry=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - this session fails, the server goes on
+            self.counters.db_errors += 1
+            log.error("recording_rules_failed", recording_id=str(session.recording_id),
+                      error=repr(exc)[:300])
+            self._discard(event.txn, session)
+            self._reject(event.txn, 500, "Recording rules could not be read")
+            return
+        session.mode = decision.action
+        session.restricted = decision.restricted
         try:
             self._negotiate(session, offer)
         except NoAcceptableMedia as exc:
@@ -292,8 +349,9 @@ class Recorder:
             self._reject(event.txn, 488, "Too many media streams",
                          (("Warning", f'304 srs "{exc}"'),))
             return
-        if document is not None:
-            session.apply_metadata(document, now)
+        if session.mode == "do_not_record":
+            await self._answer_unrecorded(event, session, decision)
+            return
         new = NewRecording(
             id=session.recording_id,
             node_id=self.settings.node_id,
@@ -302,6 +360,10 @@ class Recorder:
             started_at=now,
             transport=event.peer.transport,
             src_address=event.peer.host,
+            recording_mode=session.mode,
+            restricted=decision.restricted,
+            rule_id=None if decision.rule is None else decision.rule.id,
+            opt_out=decision.opt_out,
         )
         try:
             await self._storage.open_recording(
@@ -340,8 +402,11 @@ class Recorder:
         self._dialogs[dialog] = session
         self.counters.sessions_started += 1
         log.info("recording_started", recording_id=str(session.recording_id),
-                 call_id=session.call_id, streams=len(session.streams))
+                 call_id=session.call_id, streams=len(session.streams), mode=session.mode)
         await self._storage.mark_answered(session.recording_id, dialog, self._clock())
+        if not session.records_audio:
+            self.counters.sessions_metadata_only += 1
+            return
         if self._media is not None:
             try:
                 await self._media.start(session)
@@ -351,6 +416,66 @@ class Recorder:
                 log.error("media_start_failed", recording_id=str(session.recording_id),
                           error=repr(exc))
                 self.end_session(session, "media setup failed")
+
+    async def _decide(self, session: RecordingSession, xml: str | None,
+                      now: datetime) -> RuleDecision:
+        if self.rules is None:
+            return RuleDecision("record", False, "discard", None)
+        parties = session.metadata.participants.values() if session.metadata else ()
+        numbers = {n for p in parties if p.aor and (n := normalize_number(p.aor)) is not None}
+        aors = {p.aor.lower() for p in parties if p.aor}
+        return await self.rules.decide(CallFacts(frozenset(numbers), frozenset(aors), xml, now))
+
+    async def _answer_unrecorded(self, event: RequestReceived, session: RecordingSession,
+                                 decision: RuleDecision) -> None:
+        """do_not_record: a clean 200 OK declining every m-line (compliance/rules.py says
+        why not an error), a dialog to answer re-INVITEs and BYE in, and nothing stored."""
+        assert session.negotiation is not None
+        answered = self.sip.respond(event.txn, 200, headers=[("Content-Type", "application/sdp")],
+                                    body=session.negotiation.answer_sdp)
+        self._pending.pop(event.txn, None)
+        if not answered:
+            self._discard(event.txn, session)
+            return
+        dialog = self.sip.dialog_of(event.txn)
+        assert dialog is not None
+        session.dialog_id = dialog
+        session.transition(SessionState.ACTIVE)
+        self._dialogs[dialog] = session
+        self.counters.sessions_not_recorded += 1
+        log.info("call_not_recorded", rule_id=None if decision.rule is None
+                 else str(decision.rule.id))
+        if self.rules is not None:
+            try:
+                await self.rules.not_recorded(decision, self._clock())
+            except Exception as exc:  # noqa: BLE001 - the call is answered; say what failed
+                log.error("not_recorded_audit_failed", error=repr(exc)[:200])
+
+    async def opt_out(self, recording_id: UUID, *, keep: bool) -> bool | None:
+        """The caller withdrew consent: stop recording this session's audio now (the media is
+        sealed with what was recorded), answer its further offers with every m-line declined,
+        and with `keep` False store nothing more of it. None when this node holds no such
+        session; False when it was opted out before."""
+        session = self.session_of_recording(recording_id)
+        lock = self._locks.get(recording_id)
+        if session is None or lock is None:
+            return None
+        async with lock:
+            if session.state is SessionState.ENDED:
+                return None
+            if session.mode == "record" and session.opted_out is False:
+                if self._media is not None:
+                    await self._media.stop(session, "opt-out")
+                for port in session.ports.values():
+                    self._ports.release(port)
+                session.ports.clear()
+            changed = not session.opted_out
+            session.opted_out = True
+            session.mode = "metadata_only" if keep else "do_not_record"
+            if changed:
+                self.counters.opt_outs += 1
+                log.info("recording_opted_out", recording_id=str(recording_id), keep=keep)
+            return changed
 
     # ---------------------------------------------------------------- in-dialog requests
 
@@ -409,12 +534,14 @@ class Recorder:
             headers.append(("Content-Type", "application/sdp"))
         if document is not None:
             session.apply_metadata(document, now)
-        # Waits in the write-behind if the database is away; media keeps recording.
-        await self._storage.save_update(
-            session.recording_id, _metadata_event(now, request.method, document, xml),
-            _session_rows(session))
+        if session.keeps_metadata:
+            # Waits in the write-behind if the database is away; media keeps recording.
+            await self._storage.save_update(
+                session.recording_id, _metadata_event(now, request.method, document, xml),
+                _session_rows(session))
         self.sip.respond(event.txn, 200, headers=headers, body=body)
-        if self._media is not None and (offer is not None or document is not None):
+        if (self._media is not None and session.records_audio
+                and (offer is not None or document is not None)):
             # New metadata can change who sends a stream, and so whose keys may pause.
             await self._media.update(session)
 
@@ -444,6 +571,9 @@ class Recorder:
         if session.dialog_id:
             self._dialogs.pop(session.dialog_id, None)
         self._locks.pop(session.recording_id, None)
+        if session.mode == "do_not_record" and not session.opted_out:
+            log.info("unrecorded_call_ended", reason=reason)
+            return
         await self._storage.mark_ended(session.recording_id, state, reason, self._clock())
         log.info("recording_ended", recording_id=str(session.recording_id), state=state,
                  reason=reason)
@@ -492,7 +622,15 @@ class Recorder:
 
     def _negotiate(self, session: RecordingSession, offer: SessionDescription) -> None:
         """Ports first (every m-line that can be accepted gets one, kept for the session),
-        then the pure negotiation."""
+        then the pure negotiation. A session that records no audio declines every m-line and
+        holds no port."""
+        if not session.records_audio:
+            session.negotiation = decline_all(
+                offer, local_address=self.settings.media_address,
+                session_id=session.sdp_session_id, session_version=session.next_sdp_version(),
+                reason=f"recording rules: {session.mode}")
+            session.offer = offer
+            return
         taken: list[int] = []
         acceptable = acceptable_m_lines(offer, self.settings.answer)
         if len(set(acceptable) | set(session.ports)) > self.settings.max_streams:

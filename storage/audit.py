@@ -122,6 +122,9 @@ class AuditQuery:
     """The cursor: only events past this sequence number, in the page's order."""
     newest_first: bool = True
     limit: int = 100
+    hide_restricted: bool = False
+    """Leave out events whose target is a restricted recording (a reader without the
+    restricted permission must not learn that one exists)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,10 @@ def audit_sql(query: AuditQuery) -> tuple[str, list[object]]:
         where.append(f"at < {st.param(query.at_to)}")
     if query.after_seq is not None:
         where.append(f"seq {'<' if query.newest_first else '>'} {st.param(query.after_seq)}")
+    if query.hide_restricted:
+        # Targets are text; a recording's is its id. The restricted set is small (0011 index).
+        where.append("(target IS NULL OR target NOT IN "
+                     "(SELECT id::text FROM recordings WHERE restricted))")
     order = "DESC" if query.newest_first else "ASC"
     sql = (
         "SELECT seq, at, actor, action, target, source, outcome, details, prev_hash, hash "

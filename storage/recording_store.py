@@ -131,6 +131,12 @@ class RecordingStore:
 
 async def _save(conn: asyncpg.Connection, recording_id: UUID, event: MetadataEvent | None,
                 rows: SessionRows) -> None:
+    # An erased recording (an opt-out that discarded it mid-call) takes no more metadata, even
+    # from a write that waited in the journal.
+    state = await conn.fetchval("SELECT state FROM recordings WHERE id = $1 FOR UPDATE",
+                                recording_id)
+    if state == "erased":
+        return
     if event is not None:
         await recordings.add_metadata_event(conn, recording_id, event.received_at,
                                             event.sip_method, event.datamode, event.document,

@@ -29,6 +29,12 @@ class NewRecording:
     started_at: datetime
     transport: str
     src_address: str
+    recording_mode: str = "record"
+    """record | metadata_only (recording rules: a do_not_record call has no row at all)."""
+    restricted: bool = False
+    rule_id: UUID | None = None
+    opt_out: str | None = None
+    """What an opt-out does to what was recorded: keep | discard (the deciding rule's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,9 @@ class StreamRow:
 async def insert_recording(db: Executor, rec: NewRecording) -> None:
     await db.execute(
         """INSERT INTO recordings (id, node_id, call_id, sip_session_id, state, started_at,
-                                   transport, src_address)
-           VALUES ($1, $2, $3, $4, 'offered', $5, $6, $7)""",
+                                   transport, src_address, recording_mode, restricted, rule_id,
+                                   opt_out)
+           VALUES ($1, $2, $3, $4, 'offered', $5, $6, $7, $8, $9, $10, $11)""",
         rec.id,
         rec.node_id,
         rec.call_id,
@@ -73,6 +80,10 @@ async def insert_recording(db: Executor, rec: NewRecording) -> None:
         rec.started_at,
         rec.transport,
         rec.src_address,
+        rec.recording_mode,
+        rec.restricted,
+        rec.rule_id,
+        rec.opt_out,
     )
 
 

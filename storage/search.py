@@ -47,6 +47,7 @@ __all__ = [
     "recording_state",
     "search_recordings",
     "search_sql",
+    "sees_restricted",
     "visible_recording_ids",
 ]
 
@@ -56,7 +57,14 @@ STATES = ("offered", "recording", "complete", "interrupted", "failed", "erased")
 
 ScopeSql = Callable[[str, int], tuple[str, list[object]]]
 """(participants alias, first parameter number) -> (SQL boolean over that row, its parameters);
-"TRUE" means unrestricted and "FALSE" nothing (siprec_server.access.scope_filter)."""
+"TRUE" means unrestricted and "FALSE" nothing (siprec_server.access.scope_filter). A scope
+that has a true `sees_restricted` attribute (siprec_server.access.RecordingScope) also sees
+restricted recordings; any other scope does not (None — the server's own reads — sees all)."""
+
+
+def sees_restricted(scope: ScopeSql | None) -> bool:
+    """Whether restricted recordings are within `scope` (fails closed: a scope must say so)."""
+    return scope is None or getattr(scope, "sees_restricted", False) is True
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -166,7 +174,8 @@ def like_substring(text: str) -> str:
 
 _RECORDING_COLUMNS = """r.id, r.call_id, r.session_id, r.sip_session_id, r.state, r.started_at,
     r.answered_at, r.ended_at, r.end_reason, r.duration_ms, r.channels, r.pauses, r.dtmf_events,
-    r.erased_at, r.erased_by, r.erasure_reason, r.no_media"""
+    r.erased_at, r.erased_by, r.erasure_reason, r.no_media, r.restricted, r.recording_mode,
+    r.opted_out_at"""
 
 
 def _scope_predicate(scope: ScopeSql | None, statement: Statement, alias: str) -> str | None:
@@ -197,6 +206,8 @@ def _scope_condition(scope: ScopeSql | None, statement: Statement, alias: str) -
 def _within_scope(condition: str, scope: ScopeSql | None, statement: Statement) -> str:
     """`condition` on recordings r (its parameters already bound) ANDed with the scope's."""
     scoped = _scope_condition(scope, statement, "sp")
+    if not sees_restricted(scope):
+        condition = f"{condition} AND NOT r.restricted"
     return condition if scoped is None else f"{condition} AND {scoped}"
 
 
@@ -270,10 +281,16 @@ def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list
     order = "ORDER BY r.started_at DESC, r.id ASC"
 
     driver = _page_in_participants(query, predicate, st)
+    hide_restricted = not sees_restricted(scope)
     if driver is not None:
         # DISTINCT: two parties of one call may both match. participants.started_at equals
         # recordings.started_at (kept so by triggers), so this order is the page's order.
-        inner = " AND ".join([driver, *window.conditions("sp.started_at", "sp.recording_id")])
+        terms = [driver, *window.conditions("sp.started_at", "sp.recording_id")]
+        if hide_restricted:
+            # Probes the small partial index recordings_restricted (0011) per candidate.
+            terms.append("NOT EXISTS (SELECT 1 FROM recordings rr WHERE rr.id = sp.recording_id"
+                         " AND rr.restricted)")
+        inner = " AND ".join(terms)
         sql = (
             f"SELECT {_RECORDING_COLUMNS} FROM recordings r WHERE r.id IN ("
             "SELECT page.recording_id FROM ("
@@ -310,6 +327,8 @@ def search_sql(query: RecordingQuery, scope: ScopeSql | None) -> tuple[str, list
     if query.states:
         where.append(f"r.state = ANY({st.param(list(query.states))}::text[])")
     where.extend(window.conditions("r.started_at", "r.id"))
+    if hide_restricted:
+        where.append("NOT r.restricted")
     if predicate == "FALSE":
         where.append("FALSE")
     elif predicate is not None:

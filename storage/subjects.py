@@ -134,12 +134,19 @@ async def list_items(db: Executor, request_id: UUID) -> list[Decision]:
                      r["retained_until"], r["basis"]) for r in rows]
 
 
+def _everything_but_restricted(alias: str, first_param: int) -> tuple[str, list[object]]:
+    return "TRUE", []
+
+
 async def find_subject_recordings(db: Executor, subject: Subject,
-                                  include_erased: bool = False) -> list[UUID]:
+                                  include_erased: bool = False,
+                                  include_restricted: bool = True) -> list[UUID]:
     """Every recording one of the person's identifiers names, as any party: each number, AOR
     and name is searched on its own (the person may appear under any of them), newest
-    first, without duplicates."""
+    first, without duplicates. Without `include_restricted`, restricted recordings are left
+    out (a request made by a user who may not see them)."""
     found: dict[UUID, None] = {}
+    scope = None if include_restricted else _everything_but_restricted
     queries = ([RecordingQuery(numbers=(n,), limit=500) for n in subject.numbers]
                + [RecordingQuery(aors=(a,), limit=500) for a in subject.aors]
                + [RecordingQuery(names=(n,), limit=500) for n in subject.names])
@@ -148,7 +155,7 @@ async def find_subject_recordings(db: Executor, subject: Subject,
         while True:
             page_query = RecordingQuery(numbers=query.numbers, aors=query.aors,
                                         names=query.names, limit=500, after=after)
-            sql, params = search_sql(page_query, None)
+            sql, params = search_sql(page_query, scope)
             rows = await db.fetch(sql, *params)
             for row in rows[:500]:
                 if include_erased or row["state"] != "erased":

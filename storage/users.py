@@ -75,6 +75,8 @@ class User:
     failed_logins: int
     locked_until: datetime | None
     last_login_at: datetime | None
+    grants: tuple[str, ...] = ()
+    """Permissions beyond the role's (siprec_server.access.GRANTABLE)."""
 
 
 def _user(row: Any) -> User:
@@ -91,11 +93,12 @@ def _user(row: Any) -> User:
         failed_logins=row["failed_logins"],
         locked_until=row["locked_until"],
         last_login_at=row["last_login_at"],
+        grants=tuple(row["grants"]),
     )
 
 
 _USER_COLUMNS = """id, username, role, password_hash, scopes, disabled, created_at, updated_at,
-                   password_changed_at, failed_logins, locked_until, last_login_at"""
+                   password_changed_at, failed_logins, locked_until, last_login_at, grants"""
 
 
 async def create_user(
@@ -107,6 +110,7 @@ async def create_user(
     scopes: Sequence[str],
     now: datetime,
     only_if_none_exist: bool = False,
+    grants: Sequence[str] = (),
 ) -> User | None:
     """Insert a new account. With `only_if_none_exist`, do so only while the table is empty
     (the bootstrap administrator; several nodes may start at once) and return None otherwise.
@@ -119,9 +123,9 @@ async def create_user(
         try:
             row = await conn.fetchrow(
                 f"""INSERT INTO users (id, username, role, password_hash, scopes, created_at,
-                                       updated_at, password_changed_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING {_USER_COLUMNS}""",
-                uuid.uuid4(), username, role, password_hash, list(scopes), now,
+                                       updated_at, password_changed_at, grants)
+                    VALUES ($1, $2, $3, $4, $5, $6, $6, $6, $7) RETURNING {_USER_COLUMNS}""",
+                uuid.uuid4(), username, role, password_hash, list(scopes), now, list(grants),
             )
         except asyncpg.UniqueViolationError:
             raise UsernameTakenError(f"the username {username!r} is taken") from None
@@ -162,6 +166,7 @@ async def update_user(
     disabled: bool = _UNSET,
     password_hash: str = _UNSET,
     unlock: bool = False,
+    grants: Sequence[str] = _UNSET,
 ) -> tuple[User, User] | None:
     """Change the given fields; returns (before, after), or None for an unknown user.
     LastAdminError when the change would demote or disable the last enabled administrator."""
@@ -197,6 +202,8 @@ async def update_user(
             assign("scopes", list(scopes))
         if disabled is not _UNSET:
             assign("disabled", disabled)
+        if grants is not _UNSET:
+            assign("grants", list(grants))
         if password_hash is not _UNSET:
             assign("password_hash", password_hash)
             sets.append("password_changed_at = $2")

@@ -36,6 +36,7 @@ __all__ = [
     "change_needs_approval",
     "expiry_of",
     "governing_policy",
+    "matches_recording",
     "matching_policies",
     "obligations_of",
     "parse_match",
@@ -200,6 +201,12 @@ def _matches(match: PolicyMatch, facts: RecordingFacts) -> bool:
         if not present.intersection(accepted):
             return False
     return True
+
+
+def matches_recording(match: PolicyMatch, facts: RecordingFacts) -> bool:
+    """Whether `match` covers the recording these facts describe (recording rules match the
+    same way: compliance/rules.py)."""
+    return _matches(match, facts)
 
 
 def matching_policies(facts: RecordingFacts, policies: Iterable[Policy]) -> list[Policy]:

@@ -18,6 +18,7 @@ from siprec_server.access import (
     PasswordHashing,
     Role,
     generate_password,
+    validate_grants,
     validate_password,
     validate_role,
     validate_scopes,
@@ -39,6 +40,7 @@ async def create_account(
     username: object,
     role: object,
     scopes: object = (),
+    grants: object = (),
     password: object = None,
     source: str | None = None,
     hashing: PasswordHashing = DEFAULT_PASSWORD_HASHING,
@@ -50,6 +52,7 @@ async def create_account(
     name = validate_username(username)
     known_role = validate_role(role)
     patterns = validate_scopes(scopes)
+    granted = validate_grants(grants)
     generated = None
     if password is None:
         generated = password = generate_password()
@@ -64,6 +67,7 @@ async def create_account(
             scopes=patterns,
             now=datetime.now(UTC),
             only_if_none_exist=only_if_none_exist,
+            grants=granted,
         )
         if user is None:
             return None, None
@@ -78,6 +82,7 @@ async def create_account(
                     "username": user.username,
                     "role": user.role,
                     "scopes": list(user.scopes),
+                    "grants": list(user.grants),
                     "password": "generated" if generated else "given",
                     "bootstrap": only_if_none_exist,
                 },
@@ -177,6 +182,8 @@ def _describe_changes(
         described["role"] = {"from": before.role, "to": after.role}
     if "scopes" in changes:
         described["scopes"] = {"from": list(before.scopes), "to": list(after.scopes)}
+    if "grants" in changes:
+        described["grants"] = {"from": list(before.grants), "to": list(after.grants)}
     if "disabled" in changes:
         described["disabled"] = {"from": before.disabled, "to": after.disabled}
     if "password_hash" in changes:

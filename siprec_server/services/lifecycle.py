@@ -15,6 +15,7 @@ import asyncpg
 from siprec_server.compliance.retention import RetentionLimits
 from siprec_server.config import Config
 from siprec_server.services.jobs import Clock, JobRunner
+from siprec_server.services.recording_rules import RecordingRulesService
 from siprec_server.services.retention import RetentionScheduler, RetentionService
 from siprec_server.services.subjects import RecordingRenderer, SubjectService
 from storage.jobs import JobStore, PgJobStore
@@ -39,6 +40,7 @@ class LifecycleServices:
     subjects: SubjectService
     runner: JobRunner | None = None
     scheduler: RetentionScheduler | None = None
+    rules: RecordingRulesService | None = None
 
     def start(self) -> None:
         if self.runner is not None:
@@ -68,7 +70,10 @@ def build_lifecycle(db: asyncpg.Pool, config: Config, *, keys: KeyRing | None, n
                               keys=keys, node_id=node_id,
                               scrypt_work_factor=config.lifecycle.scrypt_work_factor,
                               describe=describe)
-    services = LifecycleServices(store, retention, subjects)
+    rules = RecordingRulesService(db, now, limits_of(config), node_id=node_id,
+                                  default_action=config.rules.default_action,
+                                  default_opt_out=config.rules.opt_out_default)
+    services = LifecycleServices(store, retention, subjects, rules=rules)
     if background:
         services.runner = JobRunner(
             store, now, stale_after=timedelta(seconds=config.lifecycle.job_stale_after))

@@ -176,7 +176,8 @@ class SubjectService:
                            self.clock())
 
     async def create(self, body: Mapping[str, Any], *, actor: str,
-                     source: str | None = None) -> store.SubjectRequest:
+                     source: str | None = None,
+                     include_restricted: bool = True) -> store.SubjectRequest:
         """A request and its queued job. ComplianceError for a body that cannot be one."""
         unknown = sorted(set(body) - {"kind", "participant", "name", "recipient"})
         if unknown:
@@ -204,7 +205,9 @@ class SubjectService:
             recipient=None if recipient is None else dict(recipient.details),
             job_id=None, actor=actor, now=now)
         job = await self.jobs.create(ACCESS_JOB if kind == "access" else ERASURE_JOB,
-                                     {"request_id": str(request_id)}, created_by=actor, now=now)
+                                     {"request_id": str(request_id),
+                                      "include_restricted": include_restricted},
+                                     created_by=actor, now=now)
         assert job is not None
         await self.db.execute("UPDATE subject_requests SET job_id = $2 WHERE id = $1",
                               request_id, job.id)
@@ -245,7 +248,9 @@ class SubjectService:
 
     async def _access(self, request: store.SubjectRequest,
                       context: JobContext) -> Mapping[str, Any]:
-        ids = await store.find_subject_recordings(self.db, request.subject)
+        ids = await store.find_subject_recordings(
+            self.db, request.subject,
+            include_restricted=bool(context.job.params.get("include_restricted", True)))
         await context.progress(0, len(ids))
         recipient = Recipient(str(request.recipient_kind), request.recipient or {})
         file_key: bytes | None = None

@@ -41,6 +41,8 @@ __all__ = [
     "Negotiation",
     "NoAcceptableMedia",
     "SrtpParams",
+    "acceptable_m_lines",
+    "decline_all",
     "negotiate",
 ]
 
@@ -176,6 +178,34 @@ def negotiate(
         raise NoAcceptableMedia(f"no acceptable media ({reasons or 'no m-lines offered'})")
     answer = ("\r\n".join(lines) + "\r\n").encode("utf-8")
     return Negotiation(answer, tuple(streams), tuple(declined))
+
+
+def decline_all(
+    offer: SessionDescription,
+    *,
+    local_address: str,
+    session_id: int,
+    session_version: int,
+    reason: str,
+) -> Negotiation:
+    """An answer that declines every offered m-line (port 0, RFC 3264 section 6), keeping
+    their order, media types and labels: an established session through which no media
+    flows (a call the recording rules say not to record, or one whose caller opted out)."""
+    addr_type = _address_type(local_address)
+    lines = [
+        "v=0",
+        f"o=- {session_id} {session_version} IN {addr_type} {local_address}",
+        "s=-",
+        f"c=IN {addr_type} {local_address}",
+        "t=0 0",
+    ]
+    for media in offer.media:
+        lines.append(f"m={media.kind} 0 {media.proto} {' '.join(media.formats)}")
+        if media.label is not None:
+            lines.append(f"a=label:{media.label}")
+        lines.append("a=inactive")
+    answer = ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    return Negotiation(answer, (), tuple((m.index, reason) for m in offer.media))
 
 
 def acceptable_m_lines(offer: SessionDescription, prefs: AnswerPreferences) -> list[int]:

@@ -60,6 +60,22 @@ class RecordingSession:
     """The media went away mid-call (its worker died): the session ends as interrupted."""
     source: str | None = None
     """The untrusted source address this session counts against (None when trusted)."""
+    mode: str = "record"
+    """What is kept of this session: "record" (audio and metadata), "metadata_only" (no
+    audio: every m-line declined), "do_not_record" (nothing: no row either). An opt-out moves a
+    recording session to "metadata_only" (kept) or "do_not_record" (discarded)."""
+    restricted: bool = False
+    """Only users with the restricted permission may see the recording."""
+    opted_out: bool = False
+    """The caller withdrew consent mid-call: no more audio is recorded."""
+
+    @property
+    def records_audio(self) -> bool:
+        return self.mode == "record"
+
+    @property
+    def keeps_metadata(self) -> bool:
+        return self.mode != "do_not_record"
 
     def transition(self, new: SessionState) -> None:
         if new not in _ALLOWED[self.state]:

@@ -109,6 +109,42 @@ def test_the_validator_catches_wrong_shapes() -> None:
                  {"$ref": "#/components/schemas/Error"}, doc)
 
 
+async def exercise_rules_endpoints(c: Any, live: uuid.UUID, admin: str) -> None:
+    rules = "/api/v1/recording-rules"
+    created = await c("POST", rules, rules, admin,
+                      json={"name": "HR", "action": "record", "restricted": True,
+                            "match": {"parties": ["2001"]}})
+    await c("POST", rules, rules, admin, json={"name": "HR", "action": "record"})
+    await c("POST", rules, rules, admin, json={"name": "x", "action": "maybe"})
+    await c("GET", rules, rules, admin)
+    one = f"{rules}/{created['id']}"
+    await c("GET", rules + "/{id}", one, admin)
+    await c("PATCH", rules + "/{id}", one, admin, json={"priority": 5})
+    await c("DELETE", rules + "/{id}", one, admin)
+    await c("GET", rules + "/{id}", one, admin)
+    opt = "/api/v1/calls/{ref}/opt-out"
+    await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": True})
+    await c("POST", opt, "/api/v1/calls/nothing/opt-out", admin, json={})
+    await c("POST", opt, f"/api/v1/calls/{live}/opt-out", admin, json={"keep": 1})
+    await c("GET", "/api/v1/recordings/{id}/deliveries", f"/api/v1/recordings/{live}/deliveries",
+            admin)
+    await c("GET", "/api/v1/recordings/{id}/deliveries",
+            f"/api/v1/recordings/{uuid.uuid4()}/deliveries", admin)
+    await c("POST", "/api/v1/recordings/{id}/deliveries/{destination}/retry",
+            f"/api/v1/recordings/{live}/deliveries/nowhere/retry", admin)
+    await c("GET", "/api/v1/webhooks/deliveries", "/api/v1/webhooks/deliveries", admin,
+            params={"state": "dead"})
+    await c("GET", "/api/v1/webhooks/deliveries", "/api/v1/webhooks/deliveries", admin,
+            params={"state": "x"})
+    await c("POST", "/api/v1/webhooks/deliveries/{id}/retry",
+            f"/api/v1/webhooks/deliveries/{uuid.uuid4()}/retry", admin)
+    restrict = "/api/v1/recordings/{id}/restricted"
+    await c("POST", restrict, f"/api/v1/recordings/{live}/restricted", admin,
+            json={"restricted": True})
+    await c("POST", restrict, f"/api/v1/recordings/{uuid.uuid4()}/restricted", admin,
+            json={"restricted": True})
+
+
 def test_every_reference_in_the_document_resolves() -> None:
     doc = document()
     assert doc["openapi"].startswith("3.1")
@@ -261,6 +297,7 @@ async def test_real_responses_match_the_document(
             f"/api/v1/keys/ceremonies/{uuid.uuid4()}/approve", admin,
             json={"password": "not the password"})
     await c("GET", "/api/v1/jobs/{id}", f"/api/v1/jobs/{uuid.uuid4()}", admin)
+    await exercise_rules_endpoints(c, live, admin)
 
     await c("GET", "/healthz", "/healthz", None)
     metrics = await c("GET", "/metrics", "/metrics", None)

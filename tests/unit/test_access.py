@@ -49,11 +49,12 @@ def principal(role: str, *scopes: str) -> Principal:
     [
         ("admin", {"search", "play", "export", "delete", "pause", "audit.read", "users.manage",
                    "keys.manage", "retention.manage", "holds.manage", "subjects.manage",
-                   "annotate"}),
+                   "annotate", "restricted", "rules.manage", "opt_out",
+                   "deliveries.manage"}),
         ("supervisor", {"search", "play", "export", "pause", "annotate"}),
         ("auditor", {"search", "audit.read"}),
         ("agent", {"search", "play"}),
-        ("integration", {"pause"}),
+        ("integration", {"pause", "opt_out"}),
     ],
 )
 def test_each_role_has_exactly_the_permissions_of_the_issue(role: str, allowed: set[str]) -> None:
@@ -63,10 +64,10 @@ def test_each_role_has_exactly_the_permissions_of_the_issue(role: str, allowed: 
         assert who.can(permission.value) is (permission.value in allowed)
 
 
-def test_auditor_never_hears_a_call_and_integration_only_pauses() -> None:
+def test_auditor_never_hears_a_call_and_integration_only_controls_calls() -> None:
     assert not principal("auditor").can("play")
     assert not principal("auditor").can("export")
-    assert ROLES[Role.INTEGRATION] == frozenset({Permission.PAUSE})
+    assert ROLES[Role.INTEGRATION] == frozenset({Permission.PAUSE, Permission.OPT_OUT})
 
 
 def test_unknown_roles_and_permissions_grant_nothing() -> None:
