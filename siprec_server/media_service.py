@@ -49,6 +49,7 @@ from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
 from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
+from storage.peaks import write_peaks
 from storage.recording_file import (
     FileSummary,
     RecordingFileWriter,
@@ -102,6 +103,8 @@ class MediaCounters:
     """Sessions none of whose streams delivered an accepted packet (no_media recordings)."""
     audit_failures: int = 0
     """Pause/resume audit events the storage refused (logged)."""
+    peaks_not_written: int = 0
+    """Recordings whose waveform peaks could not be stored (they play, without a waveform)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +427,7 @@ class MediaService:
             with contextlib.suppress(OSError):
                 call.file.close()
         self._report_events(call)
+        self._save_peaks(call, report)
         for stream in report.streams:
             self._finished_packets.update(_packet_counts(stream))
         if report.no_media:
@@ -437,6 +441,19 @@ class MediaService:
         )
         log.info("media_finished", recording_id=str(session.recording_id),
                  duration_s=round(report.duration, 3), bytes=summary.ciphertext_bytes)
+
+    def _save_peaks(self, call: _ActiveCall, report: MediaReport) -> None:
+        """The waveform beside the recording, encrypted (storage/peaks.py); a failure costs the
+        waveform, never the recording."""
+        if report.peaks is None:
+            return
+        try:
+            write_peaks(call.path, call.session.recording_id, call.data_key,
+                        report.peaks.to_bytes())
+        except Exception as exc:  # noqa: BLE001 - counted and logged; the recording stands
+            self.counters.peaks_not_written += 1
+            log.error("peaks_not_written", recording_id=str(call.session.recording_id),
+                      error=repr(exc))
 
     # ---------------------------------------------------------------- control (API, DTMF)
 
