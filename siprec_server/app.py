@@ -24,6 +24,7 @@ from api.auth_api import setup_identity
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
+from api.ui import UiSettings, setup_ui
 from api.views import detail_view
 from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
@@ -320,6 +321,9 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                                     describe=detail_view)
         api[LIFECYCLE_KEY] = lifecycle
         setup_recordings(api)
+        if config.ui.enabled:
+            # After every API route: the web interface mounts them for its scripts.
+            setup_ui(api, UiSettings(idle_timeout_s=config.auth.idle_timeout))
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
                          lifecycle.retention.counters)

@@ -103,6 +103,11 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     bootstrap_admin: str = "admin"
     token_ttl: int = 28800
@@ -135,6 +140,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
