@@ -29,10 +29,14 @@ system-deps:
 	@{ command -v gpg && command -v openssl; } >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
-# What only the tests need: SIPp (interop/load tests), from Debian.
+# What only the tests need, from Debian: SIPp (interop/load tests) and Chromium, which the web
+# interface's browser tests drive through Playwright (Playwright's own browser download is not
+# used).
 test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
+	@test -x /usr/bin/chromium || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 run: install
 	$(BIN)/siprec-server run

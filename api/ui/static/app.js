@@ -160,9 +160,17 @@ const Ui = (() => {
     const jobId = answer.body.job_id || (answer.body.kind && answer.body.state && answer.body.id);
     if (el.dataset.job && jobId) {
       const job = await followJob(jobId, document.getElementById(el.dataset.job));
-      if (el.id === "retention-dry-run" && job && job.state === "done") {
+      if (el.id === "retention-dry-run" && job && job.state === "done" && job.result) {
         const run = document.getElementById("retention-run");
-        if (run) run.hidden = false;
+        const total = job.result.total || 0;
+        const held = job.result.held || 0;
+        const words = document.querySelector("#retention-job .job-words");
+        words.textContent = `Dry run finished: ${total} recording${total === 1 ? "" : "s"} would be erased` +
+          (held ? `, ${held} kept by legal holds.` : ". Nothing was erased.");
+        if (run && total > 0) {
+          run.dataset.confirm = `Erase the ${total} expired recording${total === 1 ? "" : "s"} the dry run found? This cannot be undone.`;
+          run.hidden = false;
+        }
       }
       return;
     }
