@@ -22,19 +22,23 @@ install: $(VENV)/.installed system-deps
 install-dev: $(VENV)/.installed-dev system-deps test-deps
 
 # What the server needs to run, from Debian: the PostgreSQL server binaries (embedded cluster);
-# gpg and openssl, which encrypt subject-access bundles to OpenPGP keys and X.509 certificates.
+# gpg and openssl, which encrypt custodians' share envelopes and subject-access bundles to OpenPGP
+# keys and X.509 certificates.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 	@{ command -v gpg && command -v openssl; } >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
-# What only the tests need, from Debian: SIPp (interop/load tests) and Chromium, which the web
+# What only the tests need, from Debian: SIPp (interop/load tests), the age command line
+# (custodians opening their shares), SoftHSM2 (a real PKCS#11 token) and Chromium, which the web
 # interface's browser tests drive through Playwright (Playwright's own browser download is not
 # used).
 test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
+	@command -v age >/dev/null 2>&1 && command -v softhsm2-util >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age softhsm2; }
 	@test -x /usr/bin/chromium || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 

@@ -1,8 +1,8 @@
 """GET /api/v1/jobs/{id}: a background job's state and progress (INTERFACES.md: {"id", "kind",
 "state", "done", "total"}, plus its result or error once finished).
 
-Visible to the user who started it and to holders of the permission its kind needs. Key
-custody's branch serves the same route on the same table; the two merge into one module."""
+Visible to the user who started it and to holders of the permission its kind needs: key
+custody's jobs (init, rotate, reencrypt), retention runs and subject requests alike."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ __all__ = ["setup_jobs"]
 _KIND_PERMISSION = {
     "retention": Permission.RETENTION_MANAGE,
     "subject": Permission.SUBJECTS_MANAGE,
-    "key": Permission.KEYS_MANAGE,
+    "init": Permission.KEYS_MANAGE,
+    "rotate": Permission.KEYS_MANAGE,
+    "reencrypt": Permission.KEYS_MANAGE,
 }
 
 

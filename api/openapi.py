@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api.keys_openapi import KEY_PATHS, KEY_SCHEMAS
 from api.lifecycle_openapi import LIFECYCLE_PATHS, LIFECYCLE_SCHEMAS
 
 __all__ = ["OPENAPI_VERSION", "document", "setup_openapi"]
@@ -491,6 +492,10 @@ PATHS: dict[str, dict[str, Any]] = {
                                           "schema": {"type": "string"}}}}}},
     },
 }
+
+
+SCHEMAS.update(KEY_SCHEMAS)
+PATHS.update(KEY_PATHS)
 
 
 def document() -> dict[str, Any]:

@@ -46,6 +46,9 @@ PUBLIC_API_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/api/v1/auth/token"),
         ("GET", "/api/v1/openapi.json"),
         ("HEAD", "/api/v1/openapi.json"),
+        # Key custody: the seal state, and unseal, whose share is its own credential.
+        ("GET", "/api/v1/keys/seal"),
+        ("POST", "/api/v1/keys/unseal"),
     }
 )
 """(method, route) pairs under /api/ that need no token."""

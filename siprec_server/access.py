@@ -87,6 +87,7 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     AGENT = "agent"
     INTEGRATION = "integration"
+    CUSTODIAN = "custodian"
 
 
 P = Permission
@@ -102,6 +103,9 @@ ROLES: dict[Role, frozenset[Permission]] = {
     Role.AGENT: frozenset({P.SEARCH, P.PLAY}),
     # Payment gateways and CRMs pausing recording while card data is spoken.
     Role.INTEGRATION: frozenset({P.PAUSE}),
+    # Holds a share of the master key and approves key ceremonies (dual control); hears no
+    # call and manages no account (split of duties, PCI DSS 3.6.1.2).
+    Role.CUSTODIAN: frozenset({P.KEYS_MANAGE}),
 }
 del P
 

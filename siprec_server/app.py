@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.keys_api import setup_keys
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
@@ -32,6 +34,7 @@ from siprec_server.config import (
     ConfigError,
     StartupError,
     TlsConfig,
+    audit_checkpoint_file,
     parse_host_port,
     parse_listen,
 )
@@ -45,17 +48,24 @@ from siprec_server.net.sip_transport import SipEndpoint, TransportLimits
 from siprec_server.net.source_policy import SourcePolicy, is_loopback
 from siprec_server.recorder import Recorder, RecorderSettings
 from siprec_server.services.accounts import ensure_bootstrap_admin
+from siprec_server.services.audit_checkpoints import AuditCheckpointer
 from siprec_server.services.database import DatabaseHandle, open_server_database
+from siprec_server.services.erasure_vacuum import ErasureVacuum
+from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.services.lifecycle import LifecycleServices, build_lifecycle
 from siprec_server.services.node import NodeMembership
+from siprec_server.services.notifications import Notifier
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
-from storage.keys import KeyRing, LocalKeyStore
+from storage.audit_checkpoints import FileSink, SyslogSink
+from storage.custody import KeyCustody, LocalCustody, ShamirCustody, TokenCustody
+from storage.keys import KeyRing, KeyStoreError, LocalKeyStore, read_secret_file
 from storage.nodes import NodeInUse
+from storage.pkcs11_keys import Pkcs11Token
 from storage.recording_store import RecordingStore
-from storage.signing import load_or_create_signing_key
+from storage.signing import SigningKeyHolder, load_or_create_sealed_signing_key
 from storage.write_behind import WriteBehind
 
 log = get_logger("app")
@@ -81,24 +91,35 @@ def advertised_address(configured: str, listen_host: str) -> str:
     return guess
 
 
-async def open_key_ring(db: asyncpg.Pool, directory: Path, node_id: str) -> KeyRing:
-    """The master keys. Until the dual-control ceremony exists, a first start creates one
-    under data_dir/keys (0600) — and says so in the audit trail."""
-    ring, created = LocalKeyStore(directory).load_or_create(datetime.now(UTC))
-    if created:
-        await record_audit(
-            db,
-            AuditEvent(
-                actor=f"node:{node_id}",
-                action="key.master_created",
-                target=ring.current.key_id,
-                source="local-key-store",
-                details={"store": "local file", "dual_control": False},
-            ),
-        )
-        log.warning("master_key_created", key_id=ring.current.key_id,
-                    note="single-operator local key; replace with the dual-control ceremony")
-    return ring
+def open_custody(config: Config, ring: KeyRing) -> KeyCustody:
+    """The key custody the config names; its keys are loaded by `KeyCustody.open`."""
+    keys = config.keys
+    if keys.custody == "shamir":
+        return ShamirCustody(ring, cryptoperiod_days=keys.cryptoperiod_days)
+    if keys.custody == "pkcs11":
+        pin = os.environ.get("SIPREC_PKCS11_PIN", "")
+        if keys.pkcs11_pin_file:
+            try:
+                pin = read_secret_file(Path(keys.pkcs11_pin_file)).decode().strip()
+            except KeyStoreError as exc:
+                raise StartupError(f"keys.pkcs11_pin_file: {exc}") from None
+        if not pin:
+            raise StartupError("keys.custody = pkcs11 needs the token's PIN: "
+                               "keys.pkcs11_pin_file or $SIPREC_PKCS11_PIN")
+        try:
+            token = Pkcs11Token(keys.pkcs11_module, keys.pkcs11_token, pin)
+        except KeyStoreError as exc:
+            raise StartupError(str(exc)) from None
+        return TokenCustody(ring, token, cryptoperiod_days=keys.cryptoperiod_days)
+    return LocalCustody(ring, LocalKeyStore(config.server.data_dir / "keys"),
+                        cryptoperiod_days=keys.cryptoperiod_days)
+
+
+_LOCAL_CUSTODY_WARNING = (
+    "siprec-server: WARNING: development key custody (keys.custody = local): the master key is a "
+    "plain file under {dir}. Anyone with a copy of the data_dir can decrypt every recording. "
+    "For production use keys.custody = shamir (sealed start, t-of-n custodians) or pkcs11; see "
+    "README.md, 'Key custody'.")
 
 
 def metrics_sources(recorder: Recorder, media: MediaService, sip: SipEndpoint) -> MetricsSources:
@@ -127,6 +148,10 @@ class RunningServer:
     api_address: tuple[str, int]
     sip_addresses: list[tuple[str, str, int]] = field(default_factory=list)
     lifecycle: LifecycleServices | None = None
+    keys: KeyService | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    erasure_vacuum: ErasureVacuum | None = None
+    checkpoints: AuditCheckpointer | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -137,11 +162,19 @@ class RunningServer:
         try:
             if self.lifecycle is not None:
                 await self.lifecycle.close()
+            for task in self.background:
+                task.cancel()
+            if self.keys is not None:
+                await self.keys.close()
+            if self.erasure_vacuum is not None:
+                await self.erasure_vacuum.close()
             await self.recorder.shutdown()
             await self.media.close()
             await self.api_runner.cleanup()
             await self.sip.close()
             await self.writes.close()
+            if self.checkpoints is not None:
+                await self.checkpoints.close()
             await self.node.leave()
             await self.database.close()
         finally:
@@ -197,6 +230,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
     media: MediaService | None = None
     sip: SipEndpoint | None = None
     writes: WriteBehind | None = None
+    key_service: KeyService | None = None
     node = NodeMembership(db, node_id, data_dir)
     try:
         try:
@@ -204,7 +238,22 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         except NodeInUse as exc:
             raise StartupError(str(exc)) from None
         database.supervise()
-        keys = await open_key_ring(db, data_dir / "keys", node_id)
+        ring = KeyRing.sealed()  # every user of keys holds this one ring; custody fills it
+        custody = open_custody(config, ring)
+        try:
+            await custody.open(db, datetime.now(UTC))
+        except KeyStoreError as exc:
+            raise StartupError(f"key custody ({config.keys.custody}): {exc}") from None
+        if custody.created_first:
+            await record_audit(db, AuditEvent(
+                actor=f"node:{node_id}", action="key.master_created",
+                target=custody.created_first, source=f"{custody.mode}-custody",
+                details={"custody": custody.mode, "dual_control": False}))
+            log.warning("master_key_created", key_id=custody.created_first, custody=custody.mode)
+        if custody.mode == "local":
+            print(_LOCAL_CUSTODY_WARNING.format(dir=data_dir / "keys"), file=sys.stderr,
+                  flush=True)
+            log.warning("development_key_custody", key_dir=str(data_dir / "keys"))
         try:
             bootstrap_password = await ensure_bootstrap_admin(
                 db, config.auth.bootstrap_admin,
@@ -216,18 +265,12 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             # Shown once, on stdout only: never logged.
             print(f"siprec-server: created administrator {config.auth.bootstrap_admin!r}, "
                   f"password (shown only now): {bootstrap_password}", flush=True)
-        signer = load_or_create_signing_key(data_dir / "keys")
-        await recordings.register_signing_key(db, signer.key_id, node_id,
-                                              signer.public_key_bytes())
-        writes = WriteBehind(RecordingStore(db), data_dir / "journal", lambda: keys)
-        replayed = await writes.replay()  # a crash during an outage left writes behind
-        if replayed:
-            log.warning("journal_writes_applied", count=replayed)
-        writes.start()
+        signer = SigningKeyHolder()
+        writes = WriteBehind(RecordingStore(db), data_dir / "journal", lambda: ring)
         media = MediaService(
             data_dir=data_dir,
             storage=writes,
-            keys=keys,
+            keys=ring,
             signer=signer,
             node_id=node_id,
             bind_host=config.media.bind_address,
@@ -242,17 +285,61 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             min_free_bytes=config.server.min_free_disk_mb * 2**20,
             rtp_source=cast(RtpSourcePolicy, config.media.rtp_source),
         )
-        recovered = await media.recover()
-        if recovered:
-            log.warning("interrupted_recordings_recovered", count=recovered)
-        for recording_id in await erasure.unfinished_erasures(db):
-            # An erasure a crash interrupted: the key is already gone; finish the rest.
-            await erasure.erase_recording(db, recording_id, actor="system:startup",
-                                          reason="resume interrupted erasure",
-                                          now=datetime.now(UTC))
-        closed = await recordings.close_open_recordings(db, node_id, datetime.now(UTC))
-        if closed:
-            log.warning("open_recordings_closed_at_start", count=len(closed))
+        started_writes = writes
+        started_media = media
+
+        async def after_unseal() -> None:
+            """Start-up work that needs the keys: at once, or right after the unseal."""
+            key, _created = await load_or_create_sealed_signing_key(
+                db, ring, node_id, data_dir / "keys", datetime.now(UTC))
+            signer.load(key)
+            await recordings.register_signing_key(db, key.key_id, node_id,
+                                                  key.public_key_bytes())
+            replayed = await started_writes.replay()  # a crash during an outage left writes
+            if replayed:
+                log.warning("journal_writes_applied", count=replayed)
+            started_writes.start()
+            recovered = await started_media.recover()
+            if recovered:
+                log.warning("interrupted_recordings_recovered", count=recovered)
+            for recording_id in await erasure.unfinished_erasures(db):
+                # An erasure a crash interrupted: the key is already gone; finish the rest.
+                await erasure.erase_recording(db, recording_id, actor="system:startup",
+                                              reason="resume interrupted erasure",
+                                              now=datetime.now(UTC))
+            closed = await recordings.close_open_recordings(db, node_id, datetime.now(UTC))
+            if closed:
+                log.warning("open_recordings_closed_at_start", count=len(closed))
+
+        sinks: list[FileSink | SyslogSink] = [FileSink(audit_checkpoint_file(config))]
+        if config.audit.checkpoint_syslog:
+            sinks.append(SyslogSink())
+        checkpointer = AuditCheckpointer(
+            db, signer, node_id, sinks, webhook=config.audit.checkpoint_webhook,
+            every_events=config.audit.checkpoint_events,
+            every_seconds=config.audit.checkpoint_interval)
+        notifier = Notifier(webhooks=config.keys.notify_webhooks,
+                            email_to=config.keys.notify_email,
+                            smtp_server=config.keys.smtp_server,
+                            email_from=config.keys.smtp_from, node_id=node_id)
+        key_service = KeyService(
+            db, custody,
+            KeySettings(node_id=node_id, cryptoperiod_days=config.keys.cryptoperiod_days,
+                        reminder_days=config.keys.reminder_days,
+                        approvals=config.keys.approvals,
+                        ceremony_window=timedelta(seconds=config.keys.ceremony_window),
+                        rewrap_batch=config.keys.rewrap_batch),
+            notifier=notifier, on_unsealed=after_unseal, signer=signer,
+            owner_dsn=database.owner_dsn, journal_dir=data_dir / "journal")
+        if custody.sealed:
+            state = "has no master key yet: run the init ceremony" if custody.needs_init else \
+                f"is sealed: {custody.progress().threshold} custodians' shares are needed"
+            print(f"siprec-server: the key store {state} (siprec-server keys unseal); SIP "
+                  "answers 503 until then", file=sys.stderr, flush=True)
+            log.warning("sealed", initialised=not custody.needs_init)
+        else:
+            await key_service.after_unseal()
+        key_service.start()
         listen = [parse_listen(value) for value in config.sip.listen]
         sip_host = advertised_address(config.sip.advertised_address, listen[0].host)
         media_host = config.media.advertised_address or sip_host
@@ -293,10 +380,12 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             sip=sip,
             ports=media,
             media=media,
+            sealed=lambda: not key_service.ready,
         )
         sip.on_event = recorder.on_sip_event
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
         media.on_storage_full = lambda session: recorder.end_session(session, "disk space low")
+        media.on_lost = lambda session: recorder.end_session(session, "media worker lost")
         media.disk.start()
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),
@@ -315,9 +404,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                        idle_timeout_s=config.auth.idle_timeout,
                        policy=LoginPolicy(max_failures=config.auth.max_failed_logins,
                                           lockout=timedelta(minutes=config.auth.lockout_minutes)))
+        setup_keys(api, key_service)
         api[MEDIA_KEY] = media
-        api[KEYS_KEY] = keys
-        lifecycle = build_lifecycle(db, config, keys=keys, node_id=node_id, data_dir=data_dir,
+        api[KEYS_KEY] = ring
+        lifecycle = build_lifecycle(db, config, keys=ring, node_id=node_id, data_dir=data_dir,
                                     describe=detail_view)
         api[LIFECYCLE_KEY] = lifecycle
         setup_recordings(api)
@@ -334,6 +424,10 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                          database.counters)
         metrics.register("siprec_database_writes", "Writes that waited for the database",
                          writes.counters)
+        metrics.register("siprec_keys", "Key custody: unseal, ceremonies, rotation, reminders",
+                         key_service.counters)
+        metrics.register("siprec_notifications", "Key reminders and alerts sent to people",
+                         notifier.counters)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(
@@ -349,6 +443,8 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             raise
         api_address = runner.addresses[0][:2]
     except BaseException:
+        if key_service is not None:
+            await key_service.close()
         if sip is not None:
             await sip.close()
         if media is not None:
@@ -359,13 +455,33 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         await database.close()
         raise
     server = RunningServer(config, lock, database, node, writes, sip, recorder, media, runner,
-                           api_address, bound, lifecycle)
+                           api_address, bound, lifecycle=lifecycle, keys=key_service)
     lifecycle.start()
+    server.background.append(asyncio.create_task(_watch_cryptoperiods(key_service)))
+    server.erasure_vacuum = ErasureVacuum(db, owner_dsn=database.owner_dsn)
+    server.erasure_vacuum.start()
+    server.checkpoints = checkpointer
+    checkpointer.start()
     for kind, host, port in bound:
         log.info("sip_listening", transport=kind, address=f"{host}:{port}")
     scheme = "https" if config.api.tls.cert_file else "http"
     log.info("api_listening", address=f"{scheme}://{api_address[0]}:{api_address[1]}")
     return server
+
+
+CRYPTOPERIOD_CHECK_S = 3600.0
+
+
+async def _watch_cryptoperiods(service: KeyService) -> None:
+    """Reminders before a master key version is due, and a daily alert once it is overdue."""
+    while True:
+        try:
+            await service.check_cryptoperiods()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the watch goes on; logged
+            log.error("cryptoperiod_check_failed", error=repr(exc)[:200])
+        await asyncio.sleep(CRYPTOPERIOD_CHECK_S)
 
 
 def login_hint(config: Config, api_address: tuple[str, int]) -> str:

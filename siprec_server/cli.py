@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 
 import uvloop
 
-from siprec_server import cli_users
+from siprec_server import cli_users, keys_cli
 from siprec_server.config import Config, ConfigError, StartupError, load_config
 from siprec_server.data_dir import DataDirInUse
 from siprec_server.logs import configure_logging
@@ -41,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run_retention.add_argument("--dry-run", action="store_true",
                                help="only count what would be erased, per policy")
     run_retention.add_argument("-c", "--config", help="TOML config file (default: $SIPREC_CONFIG)")
+    keys_cli.add_parser(commands)
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser("migrate", help="apply pending schema migrations")
@@ -66,28 +66,64 @@ async def _migrate(config: Config) -> None:
 async def _verify(config: Config, args: argparse.Namespace) -> int:
     from uuid import UUID
 
+    from siprec_server.config import audit_checkpoint_file
     from siprec_server.services.database import open_command_database
     from storage.audit import verify_audit_chain
-    from storage.keys import LocalKeyStore
+    from storage.audit_checkpoints import read_checkpoints, verify_against_checkpoints
+    from storage.keys import KeyRing, KeyStoreError, LocalKeyStore
+    from storage.signing import PIN_FILE, SigningError, parse_pins
     from storage.verification import verify_all, verify_recording
 
+    # Trust comes from outside the database: pins in the config, else the pins the server
+    # exported to data_dir/keys/signing-keys.pub.
+    pin_file = config.server.data_dir / "keys" / PIN_FILE
+    try:
+        if config.keys.signing_key_pins:
+            trusted = parse_pins(config.keys.signing_key_pins)
+        else:
+            trusted = parse_pins(pin_file.read_text().splitlines()) if pin_file.exists() else {}
+    except SigningError as exc:
+        print(f"siprec-server: keys.signing_key_pins: {exc}", file=sys.stderr)
+        return 2
     database = await open_command_database(config, "verify")
     pool = database.pool
     try:
         if args.audit:
             report = await verify_audit_chain(pool)
+            broken = not report.ok
             if report.ok:
                 print(f"audit chain OK: {report.events} events")
-                return 0
-            print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}")
-            return 1
-        key_dir = config.server.data_dir / "keys"
-        if not key_dir.is_dir():
-            print(f"siprec-server: no key store at {key_dir}", file=sys.stderr)
-            return 2
-        keys, _created = LocalKeyStore(key_dir).load_or_create(datetime.now(UTC))
+            else:
+                print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}")
+            path = audit_checkpoint_file(config)
+            checkpoints = read_checkpoints(path) if path.exists() else []
+            if not checkpoints:
+                print(f"no audit checkpoints in {path}: a truncated or rewritten chain would "
+                      "go unnoticed")
+            else:
+                result = await verify_against_checkpoints(pool, checkpoints, trusted)
+                for problem in result.problems:
+                    print(f"audit checkpoint FAILED: {problem}")
+                if result.ok:
+                    print(f"audit checkpoints OK: {result.checkpoints} signed checkpoints match")
+                broken = broken or not result.ok
+            return 1 if broken else 0
+        keys: KeyRing | None = None
+        if config.keys.custody == "local":
+            key_dir = config.server.data_dir / "keys"
+            try:
+                found = LocalKeyStore(key_dir).load() if key_dir.is_dir() else []
+            except KeyStoreError as exc:
+                print(f"siprec-server: {exc}", file=sys.stderr)
+                return 2
+            if found:
+                newest = max(found, key=lambda k: (k.created_at, k.key_id))
+                keys = KeyRing(newest, {k.key_id: k for k in found})
+        if keys is None:
+            print("master key not at hand (sealed or token custody): files are checked by "
+                  "their ciphertext hash, not decrypted")
         if args.all:
-            checks = await verify_all(pool, keys)
+            checks = await verify_all(pool, keys, trusted=trusted)
         else:
             try:
                 recording_id = UUID(args.recording_id)
@@ -95,7 +131,7 @@ async def _verify(config: Config, args: argparse.Namespace) -> int:
                 print(f"siprec-server: not a recording id: {args.recording_id!r}",
                       file=sys.stderr)
                 return 2
-            checks = [await verify_recording(pool, keys, recording_id)]
+            checks = [await verify_recording(pool, keys, recording_id, trusted=trusted)]
         failed = 0
         for check in checks:
             if check.skipped:
@@ -187,6 +223,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return uvloop.run(cli_users.run(config, args))
     if args.command == "retention" and args.retention_command == "run":
         return uvloop.run(_retention_run(config, args.dry_run))
+    if args.command == "keys":
+        return keys_cli.run(args, config)
     if args.command == "db" and args.db_command == "migrate":
         uvloop.run(_migrate(config))
         print("siprec-server: database is up to date")

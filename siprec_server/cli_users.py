@@ -27,7 +27,7 @@ def add_parsers(users: argparse.ArgumentParser, config_option: Any) -> None:
                                           "once)")
     add.add_argument("name", help="the login name")
     add.add_argument("--role", required=True,
-                     help="admin, supervisor, auditor, agent or integration")
+                     help="admin, supervisor, auditor, agent, integration or custodian")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input")
     add.add_argument(

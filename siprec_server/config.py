@@ -93,6 +93,7 @@ class MediaConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
+    migration_url: str = ""
     pool_max: int = 10
 
 
@@ -134,6 +135,33 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    custody: str = "local"
+    cryptoperiod_days: int = 365
+    reminder_days: int = 15
+    approvals: int = 2
+    ceremony_window: int = 900
+    rewrap_batch: int = 1000
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    pkcs11_token: str = "siprec"
+    pkcs11_pin_file: str = ""
+    signing_key_pins: tuple[str, ...] = ()
+    notify_webhooks: tuple[str, ...] = ()
+    notify_email: tuple[str, ...] = ()
+    smtp_server: str = ""
+    smtp_from: str = "siprec-server@localhost"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    checkpoint_events: int = 1000
+    checkpoint_interval: int = 300
+    checkpoint_file: str = ""
+    checkpoint_syslog: bool = False
+    checkpoint_webhook: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     sip: SipConfig = field(default_factory=SipConfig)
@@ -144,6 +172,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,3 +441,38 @@ def _validate(config: Config) -> None:
         parse_host_port(config.api.listen)
     except ValueError as exc:
         raise ConfigError(f"api.listen: {exc}") from None
+    _validate_keys(config.keys, config.audit)
+
+
+def audit_checkpoint_file(config: Config) -> Path:
+    """Where signed audit checkpoints are appended (and `verify --audit` reads them)."""
+    if config.audit.checkpoint_file:
+        return Path(config.audit.checkpoint_file)
+    return config.server.data_dir / "audit-checkpoints.jsonl"
+
+
+def _validate_keys(keys: KeysConfig, audit: AuditConfig) -> None:
+    if keys.custody not in ("local", "shamir", "pkcs11"):
+        raise ConfigError("keys.custody: expected local, shamir or pkcs11")
+    if not 1 <= keys.cryptoperiod_days <= 3650:
+        raise ConfigError("keys.cryptoperiod_days: 1 to 3650")
+    if not 0 <= keys.reminder_days < keys.cryptoperiod_days:
+        raise ConfigError("keys.reminder_days: 0 to less than keys.cryptoperiod_days")
+    if not 2 <= keys.approvals <= 10:
+        raise ConfigError("keys.approvals: 2 to 10 (dual control needs two people at least)")
+    if not 60 <= keys.ceremony_window <= 86400:
+        raise ConfigError("keys.ceremony_window: 60 to 86400 seconds")
+    if not 1 <= keys.rewrap_batch <= 100000:
+        raise ConfigError("keys.rewrap_batch: 1 to 100000")
+    for url in (*keys.notify_webhooks, *((audit.checkpoint_webhook,)
+                                         if audit.checkpoint_webhook else ())):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook {url!r}: expected an http(s) URL")
+    if keys.notify_email and not keys.smtp_server:
+        raise ConfigError("keys.notify_email needs keys.smtp_server (host:port)")
+    if keys.smtp_server:
+        host, _, port = keys.smtp_server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("keys.smtp_server: expected host:port")
+    if audit.checkpoint_events < 1 or audit.checkpoint_interval < 1:
+        raise ConfigError("audit.checkpoint_events and audit.checkpoint_interval: at least 1")

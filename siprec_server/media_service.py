@@ -15,55 +15,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
-from collections import Counter
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from siprec_server.disk_guard import DiskGuard
 from siprec_server.logs import get_logger
 from siprec_server.media.call import (
-    CallMedia,
     MediaReport,
     SrtpSpec,
-    StreamReport,
     StreamSpec,
     recording_rate,
 )
 from siprec_server.media.codecs import RtpCodec
 from siprec_server.media.dtmf_control import DtmfControl
-from siprec_server.media.events import RecordingPaused
+from siprec_server.media.events import MediaEvent, RecordingPaused
 from siprec_server.media.ports import PortAllocator, PortsExhausted
-from siprec_server.media.source import Address, RtpSourcePolicy, offer_address
+from siprec_server.media.source import RtpSourcePolicy, offer_address
 from siprec_server.numbers import normalize_number
 from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
+from siprec_server.workers.call_runner import CallPlan
+from siprec_server.workers.engine import CallSockets, EngineEvents, InProcessEngine, MediaEngine
 from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
-from storage.peaks import write_peaks
 from storage.recording_file import (
     FileSummary,
-    RecordingFileWriter,
     decrypt_chunks,
     seal_interrupted,
 )
 from storage.recording_store import MediaStart
+from storage.recording_summary import (
+    build_summary,
+    participant_entries,
+    start_summary,
+    summary_digest,
+)
 from storage.recordings import MediaResult
-from storage.signing import NodeSigningKey
+from storage.signing import NodeSigningKey, SigningKeyHolder
 
 log = get_logger("media")
 
 TICK_INTERVAL = 0.1
-FORMAT = "ogg-opus/siprec-aead-v1"
 AUDIT_DRAIN_S = 5.0
 """Seconds close() waits for pause/resume audit events to reach the write-behind."""
 
@@ -88,6 +89,9 @@ class MediaStorage(Protocol):
                                include_recording: bool = True) -> list[dict[str, Any]]: ...
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None: ...
+
+    async def recording_evidence(self, recording_id: UUID
+                                 ) -> tuple[list[dict[str, Any]], list[str]]: ...
 
 
 @dataclass
@@ -205,33 +209,12 @@ def stream_spec(stream: NegotiatedStream, channel: int, *, dtmf_control: bool = 
     )
 
 
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    """One socket (RTP or RTCP) of one m-line; the per-packet path is two calls."""
-
-    __slots__ = ("_receive", "_index", "_time")
-
-    def __init__(self, receive: Callable[[int, bytes, float, Address], None], index: int,
-                 time: Callable[[], float]) -> None:
-        self._receive = receive
-        self._index = index
-        self._time = time
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._receive(self._index, data, self._time(), addr)
-
-
 @dataclass
 class _ActiveCall:
+    """The main process's side of a call whose media runs in the engine."""
+
     session: RecordingSession
-    media: CallMedia
-    writer: RecordingFileWriter
-    file: BinaryIO
-    path: Path
-    transports: list[asyncio.BaseTransport]
     channels: list[ChannelAssignment]
-    data_key: bytes
-    started: float
-    timed_out: bool = False
     cut: bool = False
     """Ended for lack of disk space."""
 
@@ -243,7 +226,7 @@ class MediaService:
         data_dir: Path,
         storage: MediaStorage,
         keys: KeyRing,
-        signer: NodeSigningKey,
+        signer: NodeSigningKey | SigningKeyHolder,
         node_id: str,
         bind_host: str,
         ports: PortAllocator,
@@ -252,7 +235,10 @@ class MediaService:
         inactivity_timeout: float = 300.0,
         min_free_bytes: int = 0,
         rtp_source: RtpSourcePolicy = "offer-address",
+        engine: Callable[[EngineEvents], MediaEngine] = InProcessEngine,
     ) -> None:
+        """`engine` makes where calls' media runs (siprec_server/workers): on this event loop
+        (the default) or in media worker processes."""
         self._dir = data_dir / "recordings"
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._storage = storage
@@ -269,16 +255,17 @@ class MediaService:
         """Called once when a session's media has been silent for the inactivity timeout."""
         self.on_storage_full: Callable[[RecordingSession], None] | None = None
         """Called once per call ended for lack of disk space (the recorder hangs it up)."""
+        self.on_lost: Callable[[RecordingSession], None] | None = None
+        """Called once per call whose media went away with its worker (hung up; sealed)."""
         self.disk = DiskGuard(self._dir, min_free_bytes, on_low=self._cut_all,
                               on_recovered=self._reseal_later)
         self._sockets: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._calls: dict[UUID, _ActiveCall] = {}
         self._loop = asyncio.get_running_loop()
-        self._ticker: asyncio.Task[None] | None = None
+        self._engine = engine(self)
         self._audits: asyncio.Queue[tuple[AuditEvent, datetime, UUID]] = asyncio.Queue()
         self._auditor: asyncio.Task[None] | None = None
         self.counters = MediaCounters()
-        self._finished_packets: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- ports (the recorder's)
 
@@ -322,8 +309,6 @@ class MediaService:
     # ---------------------------------------------------------------- the recorder's MediaPort
 
     async def start(self, session: RecordingSession) -> None:
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick_forever())
         if self._auditor is None:
             self._auditor = asyncio.create_task(self._audit_forever())
         channels = channel_map(session)
@@ -339,31 +324,23 @@ class MediaService:
             MediaStart(str(path), rate, [c.as_dict() for c in channels],
                        self._keys.current.key_id, wrapped),
         )
-        file = _create_private(path)
-        writer = RecordingFileWriter(
-            file, recording_id=session.recording_id, data_key=dek, key_id=data_key_id(dek)
-        )
-        started = self._loop.time()
-        media = CallMedia(specs, len(channels), writer.write, writer.flush, started=started,
-                          rate=rate, dtmf_control=self._dtmf_control,
-                          source_policy=self._rtp_source)
+        await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
+        plan = CallPlan(
+            recording_id=session.recording_id, path=path, specs=tuple(specs),
+            channels=len(channels), rate=rate, data_key=dek, started=time.monotonic(),
+            dtmf_control=self._dtmf_control, rtp_source=self._rtp_source,
+            inactivity_timeout=self._inactivity_timeout)
         by_index = {s.index: s for s in session.streams}
-        transports: list[asyncio.BaseTransport] = []
+        sockets = []
         for channel in channels:
-            stream = by_index[channel.m_index]
-            rtp_sock, rtcp_sock = self._sockets[stream.local_port]
-            rtp, _ = await self._loop.create_datagram_endpoint(
-                partial(_DatagramProtocol, media.receive_rtp, stream.index, self._loop.time),
-                sock=rtp_sock,
-            )
-            rtcp, _ = await self._loop.create_datagram_endpoint(
-                partial(_DatagramProtocol, media.receive_rtcp, stream.index, self._loop.time),
-                sock=rtcp_sock,
-            )
-            transports += [rtp, rtcp]
-        self._calls[session.recording_id] = _ActiveCall(
-            session, media, writer, file, path, transports, channels, dek, started
-        )
+            rtp, rtcp = self._sockets[by_index[channel.m_index].local_port]
+            sockets.append(CallSockets(channel.m_index, rtp, rtcp))
+        self._calls[session.recording_id] = _ActiveCall(session, channels)
+        try:
+            await self._engine.start_call(plan, sockets)
+        except BaseException:
+            self._calls.pop(session.recording_id, None)
+            raise
         log.info("media_started", recording_id=str(session.recording_id),
                  channels=len(channels), rate=rate)
 
@@ -387,31 +364,20 @@ class MediaService:
         recorded = {c.m_index for c in call.channels}
         specs = self._specs(session, call.channels)
         added = [s.index for s in session.streams if s.index not in recorded and s.kind == "audio"]
-        call.media.update_streams(specs)
+        on_hold = all(s.direction in ("inactive", "recvonly") for s in session.streams)
+        await self._engine.update_call(session.recording_id, specs, on_hold)
         if added:
             log.warning("streams_added_mid_call_not_recorded",
                         recording_id=str(session.recording_id), m_lines=added)
-        now = self._loop.time()
-        on_hold = all(s.direction in ("inactive", "recvonly") for s in session.streams)
-        if on_hold:
-            call.media.pause(now, "hold")
-        else:
-            call.media.resume(now, "hold")
-        self._report_events(call)
 
     async def stop(self, session: RecordingSession, reason: str) -> None:
         call = self._calls.pop(session.recording_id, None)
         if call is None:
             return
-        for transport in call.transports:
-            transport.close()
-        try:
-            report = call.media.close(self._loop.time())
-            summary = call.writer.close()
-            call.file.flush()
-            os.fsync(call.file.fileno())
-        except Exception as exc:  # noqa: BLE001 - finish what can be finished, say what failed
-            if _no_space(exc) or call.cut:
+        outcome = await self._engine.stop_call(session.recording_id)
+        if outcome is None or outcome.report is None or outcome.summary is None:
+            why = outcome.unsealed if outcome is not None else "lost"
+            if outcome is not None and (outcome.no_space or call.cut):
                 # Its final chunk could not be written: the file stays as it is (every complete
                 # chunk readable) and is sealed once there is space again.
                 session.storage_full = True
@@ -419,71 +385,85 @@ class MediaService:
                 self.disk.exhausted()
                 log.error("recording_left_unsealed", recording_id=str(session.recording_id))
             else:
+                # The media went away with its worker, or closing failed: seal what reached
+                # the file now, as a crash's recovery would.
                 self.counters.calls_failed += 1
+                session.media_lost = True
                 log.error("media_close_failed", recording_id=str(session.recording_id),
-                          error=repr(exc))
+                          error=why)
+                await self._reseal(session.recording_id, session.call_id, session.started_at,
+                                   call.channels, self._path_for(session),
+                                   reason=f"media lost ({why})")
             return
-        finally:
-            with contextlib.suppress(OSError):
-                call.file.close()
-        self._report_events(call)
-        self._save_peaks(call, report)
-        for stream in report.streams:
-            self._finished_packets.update(_packet_counts(stream))
+        report, summary = outcome.report, outcome.summary
+        if outcome.peaks_error is not None:
+            self.counters.peaks_not_written += 1
+            log.error("peaks_not_written", recording_id=str(session.recording_id),
+                      error=outcome.peaks_error)
         if report.no_media:
             # Not a good 0-second recording: silence as long as the session, flagged.
             self.counters.recordings_without_media += 1
             log.warning("recording_without_media", recording_id=str(session.recording_id),
                         duration_s=round(report.duration, 3), streams=len(report.streams))
+        digests = self._metadata_digests(session.recording_id)
+        if digests is None:
+            _stored, digests = await self._storage.recording_evidence(
+                session.recording_id)
         await self._store_result(
             session.recording_id, session.call_id, session.started_at, datetime.now(UTC),
             call.channels, summary, report, recovered=False,
+            participants=_participants_of(session), metadata_sha256=digests,
         )
         log.info("media_finished", recording_id=str(session.recording_id),
                  duration_s=round(report.duration, 3), bytes=summary.ciphertext_bytes)
 
-    def _save_peaks(self, call: _ActiveCall, report: MediaReport) -> None:
-        """The waveform beside the recording, encrypted (storage/peaks.py); a failure costs the
-        waveform, never the recording."""
-        if report.peaks is None:
-            return
-        try:
-            write_peaks(call.path, call.session.recording_id, call.data_key,
-                        report.peaks.to_bytes())
-        except Exception as exc:  # noqa: BLE001 - counted and logged; the recording stands
-            self.counters.peaks_not_written += 1
-            log.error("peaks_not_written", recording_id=str(call.session.recording_id),
-                      error=repr(exc))
-
     # ---------------------------------------------------------------- control (API, DTMF)
 
     def pause(self, recording_id: UUID, source: str) -> bool | None:
-        call = self._calls.get(recording_id)
-        return None if call is None else call.media.pause(self._loop.time(), source)
+        return self._engine.pause(recording_id, source)
 
     def resume(self, recording_id: UUID, source: str) -> bool | None:
-        call = self._calls.get(recording_id)
-        return None if call is None else call.media.resume(self._loop.time(), source)
+        return self._engine.resume(recording_id, source)
 
     def packet_totals(self) -> dict[str, int]:
         """Packet counters of every call this process recorded, live calls included."""
-        totals = Counter(self._finished_packets)
-        for call in self._calls.values():
-            for stream in call.media.stream_reports():
-                totals.update(_packet_counts(stream))
-        return dict(totals)
+        return dict(self._engine.packet_totals())
 
-    def active(self, recording_id: UUID) -> CallMedia | None:
+    # ---------------------------------------------------------------- what the engine reports
+
+    def media_events(self, recording_id: UUID, events: list[MediaEvent]) -> None:
+        self._report_events(recording_id, events)
+
+    def inactive(self, recording_id: UUID, seconds: float) -> None:
         call = self._calls.get(recording_id)
-        return call.media if call else None
+        if call is None:
+            return
+        log.warning("media_inactive", recording_id=str(recording_id), seconds=round(seconds))
+        if self.on_inactive is not None:
+            self.on_inactive(call.session)
+
+    def no_space(self, recording_id: UUID) -> None:
+        self.disk.exhausted()
+        call = self._calls.get(recording_id)
+        if call is not None:
+            self._cut(call)
+
+    def lost(self, recording_id: UUID, why: str) -> None:
+        """The call's media went away (its worker died): hang up; stop() seals the file."""
+        call = self._calls.get(recording_id)
+        if call is None:
+            return
+        call.session.media_lost = True
+        log.error("media_lost", recording_id=str(recording_id), why=why)
+        if self.on_lost is not None:
+            self.on_lost(call.session)
 
     # ---------------------------------------------------------------- audit of pauses
 
-    def _report_events(self, call: _ActiveCall) -> None:
+    def _report_events(self, recording_id: UUID, events: list[MediaEvent]) -> None:
         """Queue an audit event for every DTMF and hold pause or resume the core reported.
         API pauses are audited by the API, with the user who asked."""
-        recording_id = call.session.recording_id
-        for event in call.media.take_events():
+        for event in events:
             if event.source == "api":
                 continue
             action = "paused" if isinstance(event, RecordingPaused) else "resumed"
@@ -512,32 +492,6 @@ class MediaService:
             finally:
                 self._audits.task_done()
 
-    # ---------------------------------------------------------------- ticking
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL)
-            now = self._loop.time()
-            for recording_id, call in list(self._calls.items()):
-                try:
-                    call.media.tick(now)
-                except Exception as exc:  # noqa: BLE001 - one call's fault stays in that call
-                    self.counters.tick_errors += 1
-                    if _no_space(exc):
-                        self.disk.exhausted()
-                        self._cut(call)
-                    elif not call.cut:
-                        log.error("media_tick_failed", recording_id=str(recording_id),
-                                  error=repr(exc))
-                self._report_events(call)
-                last = call.media.last_packet or call.started
-                if (not call.timed_out and now - last > self._inactivity_timeout
-                        and self.on_inactive is not None):
-                    call.timed_out = True
-                    log.warning("media_inactive", recording_id=str(recording_id),
-                                seconds=round(now - last))
-                    self.on_inactive(call.session)
-
     # ---------------------------------------------------------------- storage running out
 
     @property
@@ -565,8 +519,7 @@ class MediaService:
 
     async def close(self) -> None:
         await self.disk.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        await self._engine.close()
         if self._auditor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._audits.join(), AUDIT_DRAIN_S)
@@ -589,6 +542,8 @@ class MediaService:
         report: MediaReport | None,
         *,
         recovered: bool,
+        participants: list[dict[str, Any]],
+        metadata_sha256: list[str],
         duration_ms: int | None = None,
     ) -> None:
         if report is not None:
@@ -605,25 +560,15 @@ class MediaService:
         else:
             pauses, stream_stats, dtmf, no_media = [], {}, 0, False
         channel_dicts = [c.as_dict() if isinstance(c, ChannelAssignment) else c for c in channels]
-        signed: dict[str, Any] = {
-            "format": FORMAT,
-            "recording_id": str(recording_id),
-            "node_id": self._node_id,
-            "call_id": call_id,
-            "started_at": started_at.astimezone(UTC).isoformat(),
-            "ended_at": ended_at.astimezone(UTC).isoformat(),
-            "duration_ms": duration_ms or 0,
-            "channels": channel_dicts,
-            "plaintext_sha256": summary.plaintext_sha256.hex(),
-            "ciphertext_sha256": summary.ciphertext_sha256.hex(),
-            "plaintext_bytes": summary.plaintext_bytes,
-            "ciphertext_bytes": summary.ciphertext_bytes,
-            "recovered": recovered,
-            "pauses": pauses,
-            "dtmf_events": dtmf,
-            "no_media": no_media,
-            "streams": {str(k): v for k, v in sorted(stream_stats.items())},
-        }
+        signed = build_summary(
+            recording_id=recording_id, node_id=self._node_id, call_id=call_id,
+            started_at=started_at, ended_at=ended_at, duration_ms=duration_ms or 0,
+            channels=channel_dicts, plaintext_sha256=summary.plaintext_sha256,
+            ciphertext_sha256=summary.ciphertext_sha256,
+            plaintext_bytes=summary.plaintext_bytes, ciphertext_bytes=summary.ciphertext_bytes,
+            recovered=recovered, pauses=pauses, dtmf_events=dtmf, no_media=no_media,
+            streams=stream_stats, participants=participants, metadata_sha256=metadata_sha256,
+        )
         signature = self._signer.sign(signed)
         await self._storage.register_signing_key(
             self._signer.key_id, self._node_id, self._signer.public_key_bytes()
@@ -646,6 +591,18 @@ class MediaService:
                 no_media=no_media,
             ),
         )
+        # The trail vouches for this exact summary: a summary re-signed later with another key
+        # no longer matches it.
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.sealed",
+            target=str(recording_id), source="media",
+            details={"summary_sha256": summary_digest(signed),
+                     "signing_key_id": self._signer.key_id, "recovered": recovered,
+                     "participants": len(participants),
+                     "metadata_events": len(metadata_sha256)}), datetime.now(UTC), uuid4())
+        forget = getattr(self._storage, "forget", None)
+        if forget is not None:
+            forget(recording_id)
 
     async def recover(self, include_recording: bool = True) -> int:
         """Seal every file this node left open (a crash, or a disk that filled up): each
@@ -657,51 +614,80 @@ class MediaService:
             recording_id: UUID = row["id"]
             if recording_id in self._calls:
                 continue
-            try:
-                key = await self._storage.recording_key(recording_id)
-                if key is None:
-                    raise LookupError("no data key")
-                dek = self._keys.unwrap(key[1], recording_id)
-                path = Path(row["file_path"])
-                with open(path, "r+b") as f:
-                    summary = seal_interrupted(f, recording_id=recording_id, data_key=dek)
-                    f.flush()
-                    os.fsync(f.fileno())
-                with open(path, "rb") as f:
-                    duration_ms = ogg_duration_ms(
-                        decrypt_chunks(f, recording_id=recording_id, data_key=dek)
-                    )
-                now = datetime.now(UTC)
-                await self._store_result(
-                    recording_id, row["call_id"], row["started_at"], now, row["channels"],
-                    summary, None, recovered=True, duration_ms=duration_ms,
-                )
-                await self._storage.mark_ended(recording_id, "interrupted",
-                                               "server stopped while recording", now)
+            if await self._reseal(recording_id, row["call_id"], row["started_at"],
+                                  row["channels"], Path(row["file_path"]),
+                                  reason="server stopped while recording"):
                 count += 1
-                log.warning("recording_recovered", recording_id=str(recording_id),
-                            duration_ms=duration_ms)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop start-up
-                log.error("recording_recovery_failed", recording_id=str(recording_id),
-                          error=repr(exc))
-                await self._storage.mark_ended(recording_id, "failed",
-                                               f"recovery failed: {type(exc).__name__}",
-                                               datetime.now(UTC))
         return count
+
+    async def _reseal(self, recording_id: UUID, call_id: str, started_at: datetime,
+                      channels: list[ChannelAssignment] | list[dict[str, Any]], path: Path, *,
+                      reason: str) -> bool:
+        """Seal one recording's file as it is (final chunk after the last complete one) and
+        store it signed as recovered, state interrupted. False when that failed (logged; the
+        recording is marked failed)."""
+        try:
+            key = await self._storage.recording_key(recording_id)
+            if key is None:
+                raise LookupError("no data key")
+            dek = self._keys.unwrap(key[1], recording_id)
+            with open(path, "r+b") as f:
+                summary = seal_interrupted(f, recording_id=recording_id, data_key=dek)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(path, "rb") as f:
+                duration_ms = ogg_duration_ms(
+                    decrypt_chunks(f, recording_id=recording_id, data_key=dek)
+                )
+            now = datetime.now(UTC)
+            participants, digests = await self._storage.recording_evidence(recording_id)
+            await self._store_result(
+                recording_id, call_id, started_at, now, channels,
+                summary, None, recovered=True, participants=participants,
+                metadata_sha256=digests, duration_ms=duration_ms,
+            )
+            await self._storage.mark_ended(recording_id, "interrupted", reason, now)
+            log.warning("recording_recovered", recording_id=str(recording_id),
+                        duration_ms=duration_ms)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            log.error("recording_recovery_failed", recording_id=str(recording_id),
+                      error=repr(exc))
+            await self._storage.mark_ended(recording_id, "failed",
+                                           f"recovery failed: {type(exc).__name__}",
+                                           datetime.now(UTC))
+            return False
+
+    def _metadata_digests(self, recording_id: UUID) -> list[str] | None:
+        digests = getattr(self._storage, "metadata_digests", None)
+        return None if digests is None else digests(recording_id)
+
+    async def _audit_start(self, session: RecordingSession, *, wrapped_by: str,
+                           dek: bytes) -> None:
+        digests = self._metadata_digests(session.recording_id) or []
+        participants = _participants_of(session)
+        start = start_summary(
+            recording_id=session.recording_id, node_id=self._node_id, call_id=session.call_id,
+            started_at=session.started_at, participants=participants, metadata_sha256=digests,
+            master_key_id=wrapped_by, data_key_id=data_key_id(dek))
+        await self._storage.record_audit(AuditEvent(
+            actor=f"node:{self._node_id}", action="recording.started",
+            target=str(session.recording_id), source="media",
+            details={"summary_sha256": summary_digest(start), "master_key_id": wrapped_by,
+                     "participants": len(participants), "metadata_events": len(digests)}),
+            datetime.now(UTC), uuid4())
 
     def _path_for(self, session: RecordingSession) -> Path:
         day = session.started_at.astimezone(UTC)
         return self._dir / f"{day:%Y/%m/%d}" / f"{session.recording_id}.srec"
 
 
-def _no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _create_private(path: Path) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    return os.fdopen(fd, "wb")
+def _participants_of(session: RecordingSession) -> list[dict[str, Any]]:
+    metadata = session.metadata
+    return participant_entries(
+        {"participant_id": p.id, "aor": p.aor, "name": p.name, "present": p.present,
+         "joined_at": p.joined_at, "left_at": p.left_at}
+        for p in (metadata.participants.values() if metadata else ()))
 
 
 def _stream_stats(stream: Any) -> dict[str, int]:
@@ -722,20 +708,6 @@ def _stream_stats(stream: Any) -> dict[str, int]:
         "foreign_source": counters.foreign_source,
         "foreign_ssrc": counters.foreign_ssrc,
         "dtmf_events": stats.dtmf_events,
-    }
-
-
-def _packet_counts(stream: StreamReport) -> dict[str, int]:
-    stats, counters = stream.stats, stream.counters
-    return {
-        "packets_received": stats.received,
-        "packets_lost": stats.lost,
-        "late": stats.late,
-        "srtp_auth_failures": counters.srtp_auth_failures,
-        "srtp_replays": counters.srtp_replays,
-        "srtp_other_failures": counters.srtp_other_failures,
-        "foreign_source": counters.foreign_source,
-        "foreign_ssrc": counters.foreign_ssrc,
     }
 
 

@@ -140,6 +140,8 @@ class RecorderCounters:
     """Writes the database refused for a reason other than unavailability."""
     db_unavailable_rejections: int = 0
     """New sessions refused with 503 because the database was away."""
+    sealed_rejections: int = 0
+    """New sessions refused with 503 because the key store was sealed."""
     media_failures: int = 0
     source_cap_rejections: int = 0
     """New sessions of an untrusted source refused over sip.max_sessions_per_source."""
@@ -160,6 +162,7 @@ class Recorder:
         ports: RtpPorts,
         media: MediaPort | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        sealed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self._storage = storage
@@ -167,6 +170,8 @@ class Recorder:
         self._ports = ports
         self._media = media
         self._clock = clock
+        self._sealed = sealed
+        """True while the key store is sealed: new sessions get 503 + Retry-After."""
         self._pending: dict[str, RecordingSession] = {}  # INVITE txn id → session
         self._dialogs: dict[str, RecordingSession] = {}  # dialog id → session
         self._locks: dict[UUID, asyncio.Lock] = {}
@@ -221,6 +226,10 @@ class Recorder:
         request = event.request
         if not self._accepting or self.active_sessions >= self.settings.max_sessions:
             self._reject(event.txn, 503, "Recorder at capacity", retry=True)
+            return
+        if self._sealed():
+            self.counters.sealed_rejections += 1
+            self._reject(event.txn, 503, "Recorder sealed", retry=True)
             return
         if not self._storage.available:
             self.counters.db_unavailable_rejections += 1
@@ -414,7 +423,8 @@ class Recorder:
             return
         async with self._locks[session.recording_id]:
             state = ("failed" if session.media_failed
-                     else "interrupted" if session.storage_full else "complete")
+                     else "interrupted" if session.storage_full or session.media_lost
+                     else "complete")
             await self._finish(session, state, reason)
 
     async def _finish(self, session: RecordingSession, state: str, reason: str) -> None:

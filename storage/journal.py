@@ -35,7 +35,7 @@ from uuid import UUID
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from storage.keys import KeyRing, new_data_key, wrap_data_key
+from storage.keys import KeyRing, new_data_key, wrap_data_key, wrapped_key_id
 
 MAGIC = b"SRWJ"
 VERSION = 1
@@ -218,3 +218,30 @@ def read_journal(path: Path, keys: KeyRing) -> Iterator[dict[str, Any]]:
                 raise JournalError(f"{path}: record {seq} does not authenticate") from None
             yield json.loads(plaintext)
             seq += 1
+
+
+def rewrap_journals(directory: Path, keys: KeyRing, from_version: str) -> int:
+    """Key rotation: a journal still waiting to be replayed keeps its data key, re-wrapped under
+    the ring's current master key in place (same length), so destroying `from_version` loses no
+    waiting write. Returns how many journals were re-wrapped."""
+    count = 0
+    for path in journal_files(directory):
+        with open(path, "r+b") as f:
+            head = f.read(len(MAGIC) + 1 + 16 + 2)
+            if len(head) < len(MAGIC) + 19 or head[:4] != MAGIC:
+                continue
+            file_id = head[5:21]
+            (wrapped_len,) = struct.unpack(">H", head[21:23])
+            wrapped = f.read(wrapped_len)
+            if len(wrapped) < wrapped_len or wrapped_key_id(wrapped) != from_version:
+                continue
+            journal_id = UUID(bytes=file_id)
+            rewrapped = wrap_data_key(keys.current, keys.unwrap(wrapped, journal_id), journal_id)
+            if len(rewrapped) != wrapped_len:
+                raise JournalError(f"{path}: the new wrapped key differs in length")
+            f.seek(len(head))
+            f.write(rewrapped)
+            f.flush()
+            os.fsync(f.fileno())
+            count += 1
+    return count

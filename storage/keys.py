@@ -8,17 +8,22 @@ rotating the master key re-wraps small data keys instead of rewriting media.
 A wrapped key is bound to its recording id and its master key id, so it cannot be
 copied onto another recording's row to decrypt that recording's file.
 
-`LocalKeyStore` keeps master keys as files with mode 0600 in a 0700 directory.  It is the
-interim store.  PCI DSS wants keys under dual control: the later key ceremony will rebuild
-each master key in memory from two custodians' shares (e.g. XOR or Shamir over the 32
-bytes) at start-up and hand out the same `KeyRing`; nothing that uses `KeyRing` or
-`MasterKey` needs to change for it.
+A master key is anything with a key id that can AES-256-GCM-seal and open bytes
+(`KeyEncryptionKey`): `MasterKey` holds the 32 bytes in memory; a PKCS#11 token key
+(storage/pkcs11_keys.py) never leaves its token. The wrapped layout is the same for both.
+
+`KeyRing` is the one holder of the master keys a process knows. It is created before the keys
+exist (sealed) and filled by the key custody (storage/custody.py) at unseal and at every
+rotation, so everything that was handed the ring at start-up (media, write-behind journal, API)
+sees the keys of the moment without being rewired. `LocalKeyStore` keeps master keys as files
+with mode 0600 in a 0700 directory: the development custody only.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -31,19 +36,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
+from typing import Protocol
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
+    "KeyEncryptionKey",
     "KeyRing",
     "KeyStoreError",
     "KeyUnwrapError",
     "LocalKeyStore",
     "MasterKey",
+    "Sealed",
     "UnknownMasterKey",
     "data_key_id",
+    "key_commitment",
     "ensure_private_dir",
     "master_key_id",
     "new_data_key",
@@ -76,6 +85,14 @@ class UnknownMasterKey(KeyStoreError):
     """No master key with that id is loaded."""
 
 
+class Sealed(KeyStoreError):
+    """The master keys are not in memory: the server waits for its custodians' shares."""
+
+    def __init__(self, message: str = "the key store is sealed: the custodians' shares are "
+                                      "needed (siprec-server keys unseal)") -> None:
+        super().__init__(message)
+
+
 def _derive_id(key: bytes, label: bytes) -> str:
     # A MAC of a fixed label under the key names the key without revealing it.
     return hmac.new(key, label, hashlib.sha256).hexdigest()[:16]
@@ -84,6 +101,12 @@ def _derive_id(key: bytes, label: bytes) -> str:
 def master_key_id(key: bytes) -> str:
     """The public name of a master key: 16 hex chars of HMAC-SHA256(key, "siprec key id")."""
     return _derive_id(key, b"siprec key id")
+
+
+def key_commitment(key: bytes) -> bytes:
+    """A 256-bit commitment to a master key, stored with its version: a key rebuilt from shares
+    is used only if it matches (a wrong share silently gives a wrong key)."""
+    return hmac.new(key, b"siprec master key commitment v1", hashlib.sha256).digest()
 
 
 def data_key_id(dek: bytes) -> str:
@@ -115,17 +138,94 @@ class MasterKey:
     def generate(cls, created_at: datetime) -> MasterKey:
         return cls.from_key(secrets.token_bytes(KEY_SIZE), created_at)
 
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        return _aead(self.key).encrypt(nonce, data, aad)
 
-@dataclass(frozen=True, slots=True)
-class KeyRing:
-    """The master keys a node knows; `current` wraps new data keys."""
-
-    current: MasterKey
-    by_id: Mapping[str, MasterKey]
-
-    def get(self, key_id: str) -> MasterKey:
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         try:
-            return self.by_id[key_id]
+            return _aead(self.key).decrypt(nonce, data, aad)
+        except InvalidTag:
+            raise KeyUnwrapError("does not authenticate under this master key") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _aead(key: bytes) -> AESGCM:
+    # Building the cipher costs as much as using it once: a re-wrap of a million data keys
+    # uses the same two master keys throughout.
+    return AESGCM(key)
+
+
+class KeyEncryptionKey(Protocol):
+    """A master key: AES-256-GCM under a key that may live in memory or in a token."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        """Ciphertext with its 16-byte tag appended."""
+        ...
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        """KeyUnwrapError when the data does not authenticate."""
+        ...
+
+
+class KeyRing:
+    """The master keys a process knows; `current` wraps new data keys.
+
+    Sealed (no keys) until the key custody loads it; every holder sees what was loaded last.
+    """
+
+    __slots__ = ("_by_id", "_current")
+
+    def __init__(self, current: KeyEncryptionKey | None,
+                 by_id: Mapping[str, KeyEncryptionKey]) -> None:
+        self._current = current
+        self._by_id: Mapping[str, KeyEncryptionKey] = MappingProxyType(dict(by_id))
+
+    @classmethod
+    def sealed(cls) -> KeyRing:
+        return cls(None, {})
+
+    def __repr__(self) -> str:
+        if self._current is None:
+            return "KeyRing(sealed)"
+        return f"KeyRing(current={self._current.key_id!r}, ids={sorted(self._by_id)!r})"
+
+    @property
+    def is_sealed(self) -> bool:
+        return self._current is None
+
+    @property
+    def current(self) -> KeyEncryptionKey:
+        if self._current is None:
+            raise Sealed()
+        return self._current
+
+    @property
+    def by_id(self) -> Mapping[str, KeyEncryptionKey]:
+        return self._by_id
+
+    def load(self, current: KeyEncryptionKey, by_id: Mapping[str, KeyEncryptionKey]) -> None:
+        """Replace what the ring holds (the key custody: unseal, rotation, destruction)."""
+        if current.key_id not in by_id:
+            raise ValueError("the current key must be one of the ring's keys")
+        self._by_id = MappingProxyType(dict(by_id))
+        self._current = current
+
+    def seal(self) -> None:
+        """Forget every key."""
+        self._current = None
+        self._by_id = MappingProxyType({})
+
+    def get(self, key_id: str) -> KeyEncryptionKey:
+        if self._current is None:
+            raise Sealed()
+        try:
+            return self._by_id[key_id]
         except KeyError:
             raise UnknownMasterKey(f"master key {key_id!r} is not loaded") from None
 
@@ -148,7 +248,7 @@ def _wrap_aad(prefix: bytes, recording_id: UUID) -> bytes:
     return _WRAP_CONTEXT + prefix + recording_id.bytes
 
 
-def wrap_data_key(master: MasterKey, dek: bytes, recording_id: UUID) -> bytes:
+def wrap_data_key(master: KeyEncryptionKey, dek: bytes, recording_id: UUID) -> bytes:
     """Encrypt a data key under a master key, bound to the recording and the master key id.
 
     Layout: version (1 byte, =1) || key id length (1) || master key id (ASCII) ||
@@ -159,7 +259,7 @@ def wrap_data_key(master: MasterKey, dek: bytes, recording_id: UUID) -> bytes:
         raise ValueError("data key must be 32 bytes")
     prefix = _wrap_prefix(master.key_id)
     nonce = secrets.token_bytes(_NONCE_SIZE)
-    sealed = AESGCM(master.key).encrypt(nonce, dek, _wrap_aad(prefix, recording_id))
+    sealed = master.encrypt(nonce, dek, _wrap_aad(prefix, recording_id))
     return prefix + nonce + sealed
 
 
@@ -182,7 +282,7 @@ def wrapped_key_id(wrapped: bytes) -> str:
     return _split_wrapped(bytes(wrapped))[0]
 
 
-def unwrap_data_key(master: MasterKey, wrapped: bytes, recording_id: UUID) -> bytes:
+def unwrap_data_key(master: KeyEncryptionKey, wrapped: bytes, recording_id: UUID) -> bytes:
     """Recover a data key; `KeyUnwrapError` if the key, the recording or the bytes are wrong."""
     key_id, prefix, nonce, sealed = _split_wrapped(bytes(wrapped))
     if key_id != master.key_id:
@@ -190,8 +290,8 @@ def unwrap_data_key(master: MasterKey, wrapped: bytes, recording_id: UUID) -> by
             f"data key is wrapped under master key {key_id!r}, not {master.key_id!r}"
         )
     try:
-        return AESGCM(master.key).decrypt(nonce, sealed, _wrap_aad(prefix, recording_id))
-    except InvalidTag:
+        return master.decrypt(nonce, sealed, _wrap_aad(prefix, recording_id))
+    except KeyUnwrapError:
         raise KeyUnwrapError("wrapped data key does not belong to this recording") from None
 
 
@@ -329,6 +429,40 @@ class LocalKeyStore:
         self._store(MasterKey.generate(now))
         return _ring(self._load_all())
 
+    def load(self) -> list[MasterKey]:
+        """Every master key in the directory (none when it is new)."""
+        ensure_private_dir(self._directory)
+        return self._load_all()
+
+    def create(self, now: datetime) -> MasterKey:
+        """A new master key, stored."""
+        ensure_private_dir(self._directory)
+        master = MasterKey.generate(now)
+        self._store(master)
+        return master
+
+    def destroy(self, key_id: str) -> bool:
+        """Overwrite a master key's file with zeros, then unlink it; False if there was none.
+
+        On a journaling or copy-on-write file system the old blocks may survive the overwrite:
+        the guarantee of destruction is the sealed or PKCS#11 custody, never this one."""
+        path = self._directory / f"{_KEY_FILE_PREFIX}{key_id}{_KEY_FILE_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise KeyStoreError(f"cannot destroy key file {path}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            os.write(fd, bytes(size))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(path)
+        _fsync_dir(self._directory)
+        return True
+
     def _store(self, master: MasterKey) -> None:
         if master.created_at.tzinfo is None:
             raise ValueError("created_at must be timezone-aware")
@@ -372,4 +506,4 @@ class LocalKeyStore:
 
 def _ring(keys: list[MasterKey]) -> KeyRing:
     current = max(keys, key=lambda k: (k.created_at, k.key_id))
-    return KeyRing(current=current, by_id=MappingProxyType({k.key_id: k for k in keys}))
+    return KeyRing(current, {k.key_id: k for k in keys})

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from storage.keys import data_key_id
-from storage.recording_file import RecordingFileWriter, decrypt_chunks
+from storage.recording_file import RecordingFileError, RecordingFileWriter, decrypt_chunks
 
-__all__ = ["MAX_PEAKS_BYTES", "peaks_key", "peaks_path", "read_peaks", "remove_peaks",
-           "write_peaks"]
+__all__ = ["MAX_PEAKS_BYTES", "peaks_key", "peaks_path", "read_peaks", "rekey_peaks",
+           "remove_peaks", "write_peaks"]
 
 SUFFIX = ".peaks"
 MAX_PEAKS_BYTES = 64 * 1024 * 1024
@@ -87,6 +87,28 @@ def read_peaks(recording_path: Path, recording_id: UUID, data_key: bytes) -> byt
                 raise ValueError("peaks file is implausibly large")
             parts.append(chunk)
     return b"".join(parts)
+
+
+def rekey_peaks(recording_path: Path, recording_id: UUID, old_data_key: bytes,
+                new_data_key: bytes) -> None:
+    """The peaks under the recording's new data key (storage/reencryption.py). Peaks already
+    under the new key are left alone (a second run after a crash); peaks that open with
+    neither key are removed: nothing may stay under a key being retired."""
+    if not peaks_path(recording_path).exists():
+        return
+    try:
+        read_peaks(recording_path, recording_id, new_data_key)
+        return
+    except (RecordingFileError, ValueError):
+        pass
+    try:
+        payload = read_peaks(recording_path, recording_id, old_data_key)
+    except (RecordingFileError, ValueError):
+        payload = None
+    if payload is None:
+        remove_peaks(recording_path)
+        return
+    write_peaks(recording_path, recording_id, new_data_key, payload)
 
 
 def remove_peaks(recording_path: Path) -> None:

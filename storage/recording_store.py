@@ -123,6 +123,11 @@ class RecordingStore:
         return await guarded(recordings.get_recording_key(self._pool, recording_id),
                              self._timeout)
 
+    async def recording_evidence(self, recording_id: UUID
+                                 ) -> tuple[list[dict[str, Any]], list[str]]:
+        return await guarded(recordings.recording_evidence(self._pool, recording_id),
+                             self._timeout)
+
 
 async def _save(conn: asyncpg.Connection, recording_id: UUID, event: MetadataEvent | None,
                 rows: SessionRows) -> None:

@@ -348,3 +348,20 @@ async def recording_ids(db: Executor) -> list[UUID]:
         "SELECT id FROM recordings WHERE file_path IS NOT NULL ORDER BY started_at"
     )
     return [r["id"] for r in rows]
+
+
+async def recording_evidence(db: Executor, recording_id: UUID
+                             ) -> tuple[list[dict[str, Any]], list[str]]:
+    """What a recording's signed summary covers from the database: its participants (as
+    signed) and the SHA-256 of each metadata event in order."""
+    from storage.recording_summary import metadata_event_digest, participant_entries
+
+    participants = await db.fetch(
+        """SELECT participant_id, aor, name, present, joined_at, left_at FROM participants
+           WHERE recording_id = $1""", recording_id)
+    events = await db.fetch(
+        """SELECT received_at, sip_method, datamode, document FROM metadata_events
+           WHERE recording_id = $1 ORDER BY id""", recording_id)
+    return (participant_entries(dict(r) for r in participants),
+            [metadata_event_digest(e["received_at"], e["sip_method"], e["datamode"],
+                                   e["document"]) for e in events])

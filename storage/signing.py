@@ -3,8 +3,8 @@
 MiFID II wants proof that a recording was not altered.  When a recording is finished the
 node signs its summary (ids, hashes, sizes; see `storage.recording_file.FileSummary`) with
 its own Ed25519 key.  The raw 32-byte public key is stored in PostgreSQL next to the
-signature, so `verify` needs no secret: anyone with read access to the database can check
-that the summary is what the node wrote, and then that the file still hashes to it.
+signature and exported as a pin (`verify` trusts pinned keys, never the database's copy: whoever
+can write the database could otherwise insert a key of their own and re-sign a summary).
 
 What is signed is ``SIGNATURE_CONTEXT + canonical_summary_bytes(summary)``.  The context
 prefix keeps a summary signature from being valid for anything else this key may sign.
@@ -12,15 +12,18 @@ prefix keeps a summary signature from being valid for anything else this key may
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -28,15 +31,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from storage.keys import KeyStoreError, ensure_private_dir, read_secret_file, write_secret_file
+from storage.keys import (
+    KeyEncryptionKey,
+    KeyRing,
+    KeyStoreError,
+    Sealed,
+    ensure_private_dir,
+    read_secret_file,
+    write_secret_file,
+)
 
 __all__ = [
+    "PIN_FILE",
     "SIGNATURE_CONTEXT",
     "SIGNING_KEY_FILE",
     "NodeSigningKey",
     "SigningError",
+    "SigningKeyHolder",
     "canonical_summary_bytes",
+    "load_or_create_sealed_signing_key",
     "load_or_create_signing_key",
+    "open_signing_key",
+    "parse_pins",
+    "pin_line",
+    "reseal_signing_keys",
+    "seal_signing_key",
     "public_key_id",
     "verify_signature",
 ]
@@ -130,6 +149,13 @@ class NodeSigningKey:
         """A 64-byte Ed25519 signature over the summary's canonical bytes."""
         return self._private.sign(SIGNATURE_CONTEXT + canonical_summary_bytes(summary))
 
+    def sign_bytes(self, message: bytes) -> bytes:
+        """A signature over a message that carries its own context prefix (audit
+        checkpoints); never a summary's context."""
+        if message.startswith(SIGNATURE_CONTEXT):
+            raise SigningError("a message may not imitate a recording summary")
+        return self._private.sign(message)
+
 
 def verify_signature(public_key: bytes, summary: Mapping[str, object], signature: bytes) -> bool:
     """True only if `signature` is this key's signature over exactly this summary.
@@ -179,3 +205,164 @@ def load_or_create_signing_key(directory: Path) -> NodeSigningKey:
     if not isinstance(private, Ed25519PrivateKey):
         raise SigningError(f"signing key file {path} does not hold an Ed25519 key")
     return NodeSigningKey(private)
+
+
+# ------------------------------------------------------------------------------ sealed versions
+#
+# A node's signing key is a row of signing_keys whose private half is sealed (AES-256-GCM) under
+# a master key version: it is as safe as the master key, travels with the database, and is
+# re-sealed when the master key rotates. Its public half is exported (the pin file below and
+# `siprec-server keys status`) so that `verify` can trust keys pinned outside the database.
+
+_SEAL_CONTEXT = b"siprec signing key v1"
+PIN_FILE = "signing-keys.pub"
+
+
+def _seal_aad(key_id: str, master_id: str) -> bytes:
+    return _SEAL_CONTEXT + key_id.encode() + b"|" + master_id.encode()
+
+
+def seal_signing_key(master: KeyEncryptionKey, key: NodeSigningKey) -> bytes:
+    nonce = secrets.token_bytes(12)
+    raw = key._private.private_bytes(serialization.Encoding.Raw,
+                                     serialization.PrivateFormat.Raw,
+                                     serialization.NoEncryption())
+    return nonce + master.encrypt(nonce, raw, _seal_aad(key.key_id, master.key_id))
+
+
+def open_signing_key(master: KeyEncryptionKey, sealed: bytes, key_id: str) -> NodeSigningKey:
+    raw = master.decrypt(sealed[:12], sealed[12:], _seal_aad(key_id, master.key_id))
+    key = NodeSigningKey(Ed25519PrivateKey.from_private_bytes(raw))
+    if key.key_id != key_id:
+        raise SigningError(f"sealed signing key {key_id} opens to another key")
+    return key
+
+
+def pin_line(key: NodeSigningKey | tuple[str, bytes]) -> str:
+    """`ed25519 <key id> <base64 public key>`: one line of a pin file or of signing_key_pins."""
+    key_id, public = (key.key_id, key.public_key_bytes()) if isinstance(
+        key, NodeSigningKey) else key
+    return f"ed25519 {key_id} {base64.b64encode(public).decode('ascii')}"
+
+
+def parse_pins(lines: Iterable[str]) -> dict[str, bytes]:
+    """Pinned public keys by key id; SigningError for a line that is not a pin (a key id that
+    does not match its public key included)."""
+    pins: dict[str, bytes] = {}
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) == 1:
+            parts = ["ed25519", "", parts[0]]
+        try:
+            public = base64.b64decode(parts[2], validate=True)
+        except (ValueError, IndexError):
+            raise SigningError(f"not a signing key pin: {text[:60]!r}") from None
+        if len(parts) != 3 or parts[0] != "ed25519" or len(public) != _PUBLIC_KEY_SIZE:
+            raise SigningError(f"not a signing key pin: {text[:60]!r}")
+        if parts[1] and parts[1] != public_key_id(public):
+            raise SigningError(f"pin {parts[1]} does not match its public key")
+        pins[public_key_id(public)] = public
+    return pins
+
+
+def export_pin(directory: Path, key: NodeSigningKey) -> None:
+    """Append the key's pin to directory/signing-keys.pub unless it is there."""
+    path = Path(directory) / PIN_FILE
+    line = pin_line(key)
+    existing = path.read_text().splitlines() if path.exists() else []
+    if line not in existing:
+        with open(path, "a", encoding="ascii") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+async def load_or_create_sealed_signing_key(
+    db: asyncpg.Pool, ring: KeyRing, node_id: str, key_dir: Path, now: datetime
+) -> tuple[NodeSigningKey, bool]:
+    """This node's signing key, unsealed with the ring; created (sealed under the current master
+    key) on a node's first start. A key file left by an older release is taken over once and
+    then overwritten and removed. Returns (key, created)."""
+    row = await db.fetchrow(
+        """SELECT key_id, sealed_private, sealed_under FROM signing_keys
+           WHERE node_id = $1 AND sealed_private IS NOT NULL AND retired_at IS NULL
+           ORDER BY created_at DESC LIMIT 1""", node_id)
+    if row is not None:
+        key = open_signing_key(ring.get(row["sealed_under"]), bytes(row["sealed_private"]),
+                               row["key_id"])
+        export_pin(key_dir, key)
+        return key, False
+    legacy = Path(key_dir) / SIGNING_KEY_FILE
+    if legacy.exists():
+        key = load_or_create_signing_key(key_dir)
+    else:
+        key = NodeSigningKey(Ed25519PrivateKey.generate())
+    master = ring.current
+    await db.execute(
+        """INSERT INTO signing_keys (key_id, node_id, public_key, created_at, sealed_private,
+                                     sealed_under)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (key_id) DO UPDATE SET sealed_private = EXCLUDED.sealed_private,
+               sealed_under = EXCLUDED.sealed_under""",
+        key.key_id, node_id, key.public_key_bytes(), now, seal_signing_key(master, key),
+        master.key_id)
+    ensure_private_dir(Path(key_dir))
+    export_pin(key_dir, key)
+    if legacy.exists():
+        size = legacy.stat().st_size
+        with open(legacy, "r+b") as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+        legacy.unlink()
+    return key, True
+
+
+async def reseal_signing_keys(db: asyncpg.Pool, ring: KeyRing, from_master: str) -> int:
+    """Re-seal every signing key sealed under `from_master` under the ring's current key."""
+    rows = await db.fetch("SELECT key_id, sealed_private FROM signing_keys "
+                          "WHERE sealed_under = $1", from_master)
+    for row in rows:
+        key = open_signing_key(ring.get(from_master), bytes(row["sealed_private"]),
+                               row["key_id"])
+        current = ring.current
+        await db.execute(
+            "UPDATE signing_keys SET sealed_private = $2, sealed_under = $3 WHERE key_id = $1",
+            row["key_id"], seal_signing_key(current, key), current.key_id)
+    return len(rows)
+
+
+class SigningKeyHolder:
+    """The node's signing key as the media service holds it: there before the key is (sealed
+    start), usable once the custody loaded it."""
+
+    def __init__(self, key: NodeSigningKey | None = None) -> None:
+        self._key = key
+
+    def load(self, key: NodeSigningKey) -> None:
+        self._key = key
+
+    def _get(self) -> NodeSigningKey:
+        if self._key is None:
+            raise Sealed("the node's signing key is sealed")
+        return self._key
+
+    @property
+    def key_id(self) -> str:
+        return self._get().key_id
+
+    def public_key_bytes(self) -> bytes:
+        return self._get().public_key_bytes()
+
+    def sign(self, summary: Mapping[str, object]) -> bytes:
+        return self._get().sign(summary)
+
+    def sign_bytes(self, message: bytes) -> bytes:
+        return self._get().sign_bytes(message)
+
+    @property
+    def loaded(self) -> bool:
+        return self._key is not None

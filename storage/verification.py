@@ -1,13 +1,19 @@
 """Tamper checks of recordings (MiFID II: prove a recording was not altered).
 
-A recording passes when the node's Ed25519 signature over its summary verifies with the public
-key registered for that node, the database's hash columns equal the signed summary, and the file
-on disk authenticates chunk by chunk and hashes to the signed values.
+A recording passes when the node's Ed25519 signature over its summary verifies with a trusted
+public key (pinned outside the database; the database's copy only when no pins are given, as the
+API's quick check does), the database's hash columns, pauses, participants and metadata events
+equal what the summary signed, the audit trail's `recording.sealed` names this exact summary,
+and the file on disk authenticates chunk by chunk and hashes to the signed values. Without the
+master key (a sealed-custody server's keys live only in its memory) the file's ciphertext hash is
+checked instead of decrypting it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ import asyncpg
 from storage import recordings
 from storage.keys import KeyRing, KeyStoreError
 from storage.recording_file import RecordingFileError, summarize
+from storage.recording_summary import summary_digest
 from storage.signing import verify_signature
 
 
@@ -41,10 +48,11 @@ class _Problems:
         self.items.append(text)
 
 
-async def verify_recording(db: asyncpg.Pool, keys: KeyRing, recording_id: UUID) -> RecordingCheck:
+async def verify_recording(db: asyncpg.Pool, keys: KeyRing | None, recording_id: UUID, *,
+                           trusted: Mapping[str, bytes] | None = None) -> RecordingCheck:
     row: Any = await db.fetchrow(
         """SELECT state, file_path, summary, signature, signing_key_id, plaintext_sha256,
-                  ciphertext_sha256, plaintext_bytes, ciphertext_bytes
+                  ciphertext_sha256, plaintext_bytes, ciphertext_bytes, pauses
            FROM recordings WHERE id = $1""",
         recording_id,
     )
@@ -59,9 +67,14 @@ async def verify_recording(db: asyncpg.Pool, keys: KeyRing, recording_id: UUID) 
     if summary is None or row["signature"] is None:
         problems.add("no signed summary")
         return RecordingCheck(recording_id, tuple(problems.items))
-    public_key = await recordings.get_signing_key(db, row["signing_key_id"] or "")
+    if trusted is not None:
+        public_key = trusted.get(row["signing_key_id"] or "")
+    else:
+        public_key = await recordings.get_signing_key(db, row["signing_key_id"] or "")
     if public_key is None:
-        problems.add(f"signing key {row['signing_key_id']!r} is not registered")
+        problems.add(f"signing key {row['signing_key_id']!r} is not "
+                     + ("pinned (a key inserted into the database is not trusted)"
+                        if trusted is not None else "registered"))
     elif not verify_signature(public_key, summary, bytes(row["signature"])):
         problems.add("signature does not match the summary (summary or signature altered)")
     for column in ("plaintext_sha256", "ciphertext_sha256"):
@@ -71,6 +84,26 @@ async def verify_recording(db: asyncpg.Pool, keys: KeyRing, recording_id: UUID) 
     for column in ("plaintext_bytes", "ciphertext_bytes"):
         if row[column] != summary.get(column):
             problems.add(f"{column} in the database differs from the signed summary")
+    if "pauses" in summary and row["pauses"] != summary["pauses"]:
+        problems.add("pauses in the database differ from the signed summary")
+    if "metadata_sha256" in summary:
+        participants, digests = await recordings.recording_evidence(db, recording_id)
+        if participants != summary.get("participants"):
+            problems.add("participants in the database differ from the signed summary")
+        if digests != summary.get("metadata_sha256"):
+            problems.add("metadata events in the database differ from the signed summary")
+        sealed = await db.fetchval(
+            """SELECT details->>'summary_sha256' FROM audit_events
+               WHERE action = 'recording.sealed' AND target = $1 ORDER BY seq DESC LIMIT 1""",
+            str(recording_id))
+        if sealed is None:
+            problems.add("the audit trail has no recording.sealed event for it")
+        elif sealed != summary_digest(summary):
+            problems.add("the summary is not the one the audit trail recorded when it was "
+                         "sealed (summary replaced and re-signed?)")
+    if keys is None or keys.is_sealed:
+        _check_ciphertext(Path(row["file_path"]), summary, problems)
+        return RecordingCheck(recording_id, tuple(problems.items))
     key = await recordings.get_recording_key(db, recording_id)
     if key is None:
         problems.add("the data key is gone (erased?)")
@@ -99,5 +132,25 @@ async def verify_recording(db: asyncpg.Pool, keys: KeyRing, recording_id: UUID) 
     return RecordingCheck(recording_id, tuple(problems.items))
 
 
-async def verify_all(db: asyncpg.Pool, keys: KeyRing) -> list[RecordingCheck]:
-    return [await verify_recording(db, keys, rid) for rid in await recordings.recording_ids(db)]
+def _check_ciphertext(path: Path, summary: Mapping[str, Any], problems: _Problems) -> None:
+    """Without the data key: the file's bytes must still hash to the signed value."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except FileNotFoundError:
+        problems.add(f"file missing: {path}")
+        return
+    if not hmac.compare_digest(digest.hexdigest(), str(summary.get("ciphertext_sha256"))):
+        problems.add("file bytes differ from the signed hash")
+    if size != summary.get("ciphertext_bytes"):
+        problems.add("file size differs from the signed size")
+
+
+async def verify_all(db: asyncpg.Pool, keys: KeyRing | None, *,
+                     trusted: Mapping[str, bytes] | None = None) -> list[RecordingCheck]:
+    return [await verify_recording(db, keys, rid, trusted=trusted)
+            for rid in await recordings.recording_ids(db)]

@@ -38,6 +38,7 @@ from storage.journal import (
 )
 from storage.keys import KeyRing
 from storage.recording_store import MediaStart, MetadataEvent, RecordingStore, SessionRows
+from storage.recording_summary import metadata_event_digest
 from storage.recordings import MediaResult, NewRecording, ParticipantRow, StreamRow
 
 log = structlog.get_logger("write_behind")
@@ -87,6 +88,7 @@ class WriteBehind:
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.down_since: float | None = None
+        self._evidence: dict[UUID, list[str]] = {}
         self.counters = WriteBehindCounters()
 
     @property
@@ -161,10 +163,27 @@ class WriteBehind:
         except StorageUnavailable as exc:
             self._went_down(exc)
             raise
+        self._evidence[new.id] = []
+        self._note(new.id, event)
 
     async def save_update(self, recording_id: UUID, event: MetadataEvent | None,
                           rows: SessionRows) -> None:
+        self._note(recording_id, event)
         await self._write("save_update", str(recording_id), recording_id, event, rows)
+
+    def _note(self, recording_id: UUID, event: MetadataEvent | None) -> None:
+        if event is not None and recording_id in self._evidence:
+            self._evidence[recording_id].append(metadata_event_digest(
+                event.received_at, event.sip_method, event.datamode, event.document))
+
+    def metadata_digests(self, recording_id: UUID) -> list[str] | None:
+        """SHA-256 of each metadata event this process wrote for a recording, in order (what
+        its signed summary covers), whether or not they reached the database yet."""
+        found = self._evidence.get(recording_id)
+        return None if found is None else list(found)
+
+    def forget(self, recording_id: UUID) -> None:
+        self._evidence.pop(recording_id, None)
 
     async def mark_answered(self, recording_id: UUID, dialog_id: str, at: datetime) -> None:
         await self._write("mark_answered", str(recording_id), recording_id, dialog_id, at)
@@ -193,6 +212,11 @@ class WriteBehind:
 
     async def recording_key(self, recording_id: UUID) -> tuple[str, bytes] | None:
         return await self.store.recording_key(recording_id)
+
+    async def recording_evidence(self, recording_id: UUID
+                                 ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Participants and metadata digests as stored (recovery after a crash)."""
+        return await self.store.recording_evidence(recording_id)
 
     async def _write(self, method: str, key: str, *args: Any) -> None:
         if self._up and not self._waiting[key]:

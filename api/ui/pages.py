@@ -33,7 +33,7 @@ from api.ui.session import (
 )
 from api.ui.timeline import participant_timeline
 from api.ui.words import in_words
-from siprec_server.access import Permission, Principal
+from siprec_server.access import AccessError, Permission, Principal, Role
 from siprec_server.logs import get_logger
 from storage.annotations import KINDS
 from storage.metadata_log import read_metadata_log
@@ -189,22 +189,37 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return _login_form(request, status=exc.status, username=username[:64],
                            problem=_LOGIN_WORDS.get(exc.status, in_words(exc.code, exc.status)))
     token, _ = await auth_api.issue_login(request, user, rehashed=rehashed, kind="web")
-    response = web.HTTPSeeOther("/ui/recordings")
+    try:
+        principal = Principal.of(user.id, user.username, user.role, user.scopes)
+        home = _home(principal, request.app.get(UI_KEY) or UiSettings())
+    except AccessError:
+        home = "/ui/recordings"
+    response = _see_other(home)
     session_cookie(response, request, token)
     response.del_cookie(LOGIN_COOKIE, path="/ui/login")
     return response
 
 
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
     _principal(request)
     await auth_api.logout(request)  # revokes this session's token and audits it
-    response = web.HTTPSeeOther("/ui/login?bye=1")
+    response = _see_other("/ui/login?bye=1")
     clear_session_cookie(response, request)
     return response
 
 
+def _home(principal: Principal, settings: UiSettings) -> str:
+    """The first page this user may use (a custodian's is the keys page)."""
+    items = _nav(principal, settings)
+    return items[0].href if items else "/ui/recordings"
+
+
 async def index(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPSeeOther("/ui/recordings")
+    raise web.HTTPSeeOther(_home(_principal(request), request.app.get(UI_KEY) or UiSettings()))
 
 
 # ------------------------------------------------------------------------------ search
@@ -387,7 +402,7 @@ async def users_page(request: web.Request) -> web.StreamResponse:
     if not answer.ok:
         return error_page(request, answer, "Users")
     return render(request, "users.html", title="Users", items=answer.body.get("items", []),
-                  roles=["admin", "supervisor", "auditor", "agent", "integration"])
+                  roles=[role.value for role in Role])
 
 
 # ------------------------------------------------------------------------------ compliance
@@ -416,8 +431,13 @@ async def compliance_page(request: web.Request) -> web.StreamResponse:
 async def keys_page(request: web.Request) -> web.StreamResponse:
     principal = _principal(request)
     if not principal.can(Permission.KEYS_MANAGE):
+        if request.query.get("sealed"):
+            return render(request, "error.html", status=503, title="The server is sealed",
+                          words="The server is sealed: its key custodians must unseal it "
+                                "before recordings can be searched or played. Try again later.")
         return error_page(request, ApiAnswer(403, {"error": {"code": "forbidden"}}), "Keys")
-    return render(request, "keys.html", title="Key custody")
+    return render(request, "keys.html", title="Key custody",
+                  sealed=bool(request.query.get("sealed")))
 
 
 def add_pages(app: web.Application) -> None:

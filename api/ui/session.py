@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from api.app import DB_KEY, ApiInputError, error
+from api.keys_api import KEY_SERVICE
 from api.security import PRINCIPAL, TOKEN_HASH, TOKEN_IDLE_KEY
 from api.ui.words import in_words
 from siprec_server.access import AccessError, Principal, token_digest
@@ -61,6 +62,8 @@ SESSION_TOKEN = web.RequestKey("session_token", str)
 
 PUBLIC_UI = ("/ui/login", "/ui/static/", "/ui/oidc/")
 """Paths under /ui that need no session."""
+SEALED_PAGES = ("/ui/keys", "/ui/logout")
+"""Pages a sealed server shows (scripts' calls are judged by the API's sealed gate)."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -171,6 +174,11 @@ async def web_sessions(request: web.Request, handler: Handler) -> web.StreamResp
         raise web.HTTPSeeOther("/ui/login?expired=1" if request.cookies.get(COOKIE)
                                else "/ui/login")
     principal, digest, token = owner
+    service = request.app.get(KEY_SERVICE)
+    if service is not None and not service.ready and not _is_script_call(request) and \
+            not path.startswith(SEALED_PAGES):
+        # As the API answers 503 while sealed, so do the pages; custodians unseal on /ui/keys.
+        raise web.HTTPSeeOther("/ui/keys?sealed=1")
     request[PRINCIPAL] = principal
     request[TOKEN_HASH] = digest
     request[SESSION_TOKEN] = token

@@ -22,6 +22,7 @@ from siprec_server.data_dir import DataDirLock, prepare_data_dir
 from siprec_server.logs import get_logger
 from storage.database import create_pool, migrate
 from storage.embedded_postgres import EmbeddedPostgres, cluster_root_for
+from storage.roles import APP_ROLE, apply_app_grants, dsn_as, ensure_app_role
 
 log = get_logger("database")
 
@@ -95,6 +96,8 @@ class DatabaseHandle:
     lock: DataDirLock | None = field(default=None, repr=False)
     """A lock a command took for its own duration, released on close."""
     counters: DatabaseCounters = field(default_factory=DatabaseCounters)
+    owner_dsn: str | None = None
+    """The owner role's DSN when the pool runs as a least-privilege role (VACUUM needs it)."""
     _supervisor: ClusterSupervisor | None = field(default=None, repr=False)
 
     def supervise(self) -> None:
@@ -123,37 +126,70 @@ def embedded_cluster(config: Config) -> EmbeddedPostgres:
     return EmbeddedPostgres(cluster_root_for(config.server.data_dir.resolve()))
 
 
-async def _pool(dsn: str, config: Config) -> asyncpg.Pool:
-    pool = await create_pool(dsn, max_size=config.database.pool_max)
-    try:
-        applied = await migrate(pool)
-    except BaseException:
-        await pool.close()
-        raise
+async def _pool(dsn: str, config: Config, owner_dsn: str | None = None) -> asyncpg.Pool:
+    """Migrations as the owner (when there is one), then the application role's grants, then
+    the pool as the application role."""
+    if owner_dsn is None:
+        pool = await create_pool(dsn, max_size=config.database.pool_max)
+        try:
+            applied = await migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
+    else:
+        owner = await asyncpg.connect(owner_dsn, timeout=10)
+        try:
+            applied = await migrate(owner)
+            pool = await create_pool(dsn, max_size=config.database.pool_max)
+            try:
+                role = await pool.fetchval("SELECT current_user")
+                if role != await owner.fetchval("SELECT current_user"):
+                    await apply_app_grants(owner, role)
+            except BaseException:
+                await pool.close()
+                raise
+        finally:
+            await owner.close()
     if applied:
         log.info("database_migrated", applied=applied)
     return pool
 
 
+async def _embedded_pool(owner_dsn: str, config: Config) -> asyncpg.Pool:
+    """The embedded cluster: the owner is its superuser, the server works as siprec_app."""
+    owner = await asyncpg.connect(owner_dsn, timeout=10)
+    try:
+        await ensure_app_role(owner)
+    finally:
+        await owner.close()
+    return await _pool(dsn_as(owner_dsn, APP_ROLE), config, owner_dsn)
+
+
+def _external_owner(config: Config) -> str | None:
+    return config.database.migration_url or None
+
+
 async def open_server_database(config: Config) -> DatabaseHandle:
     """For `run`, which already holds the data_dir lock: the database, started if need be."""
     if config.database.url:
-        return DatabaseHandle(await _pool(config.database.url, config))
+        owner = _external_owner(config)
+        return DatabaseHandle(await _pool(config.database.url, config, owner), owner_dsn=owner)
     cluster = embedded_cluster(config)
     dsn = await asyncio.get_running_loop().run_in_executor(None, cluster.start)
     try:
-        pool = await _pool(dsn, config)
+        pool = await _embedded_pool(dsn, config)
     except BaseException:
         await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
         raise
     # The data_dir is ours, so an adopted cluster (our crashed predecessor's) is ours too.
-    return DatabaseHandle(pool, cluster, stop_cluster=True)
+    return DatabaseHandle(pool, cluster, stop_cluster=True, owner_dsn=dsn)
 
 
 async def open_command_database(config: Config, command: str) -> DatabaseHandle:
     """For an operator command: the running server's database, or one of its own."""
     if config.database.url:
-        return DatabaseHandle(await _pool(config.database.url, config))
+        owner = _external_owner(config)
+        return DatabaseHandle(await _pool(config.database.url, config, owner), owner_dsn=owner)
     data_dir = config.server.data_dir.resolve()
     prepare_data_dir(data_dir)
     lock = DataDirLock(data_dir)
@@ -162,12 +198,13 @@ async def open_command_database(config: Config, command: str) -> DatabaseHandle:
         # A server runs here: use its cluster as it is.
         cluster = embedded_cluster(config)
         dsn = await loop.run_in_executor(None, cluster.attach)
-        return DatabaseHandle(await _pool(dsn, config), cluster, stop_cluster=False)
+        return DatabaseHandle(await _embedded_pool(dsn, config), cluster, stop_cluster=False,
+                              owner_dsn=dsn)
     try:
         cluster = embedded_cluster(config)
         dsn = await loop.run_in_executor(None, cluster.start)
         try:
-            pool = await _pool(dsn, config)
+            pool = await _embedded_pool(dsn, config)
         except BaseException:
             if cluster.launched:
                 await loop.run_in_executor(None, cluster.stop)
@@ -175,4 +212,5 @@ async def open_command_database(config: Config, command: str) -> DatabaseHandle:
     except BaseException:
         lock.release()
         raise
-    return DatabaseHandle(pool, cluster, stop_cluster=cluster.launched, lock=lock)
+    return DatabaseHandle(pool, cluster, stop_cluster=cluster.launched, lock=lock,
+                          owner_dsn=dsn)

@@ -53,6 +53,8 @@ class RecordingSession:
     """The media could not be set up after the answer; the session ends as failed."""
     storage_full: bool = False
     """Recording storage ran out: the session ends as interrupted."""
+    media_lost: bool = False
+    """The media went away mid-call (its worker died): the session ends as interrupted."""
     source: str | None = None
     """The untrusted source address this session counts against (None when trusted)."""
 

@@ -2,23 +2,10 @@
 -- waiting for a second user), legal holds, annotations, and what retention matches on that the
 -- SRC sent in its metadata.
 
--- Background jobs: rows with progress that any node can claim, resumable after a crash (a
--- 'running' job whose updated_at stopped moving is claimed again). The same table as key
--- custody's (0007); IF NOT EXISTS so whichever migration runs first creates it.
-CREATE TABLE IF NOT EXISTS jobs (
-    id          uuid PRIMARY KEY,
-    kind        text NOT NULL,
-    state       text NOT NULL,
-    done        bigint NOT NULL DEFAULT 0,
-    total       bigint,
-    params      jsonb NOT NULL DEFAULT '{}',
-    result      jsonb,
-    error       text,
-    created_by  text,
-    created_at  timestamptz NOT NULL,
-    updated_at  timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs (kind, created_at) WHERE state IN ('queued', 'running');
+-- Background jobs (the table is key custody's, 0007): rows with progress that any node can
+-- claim, resumable after a crash (a 'running' job whose updated_at stopped moving is claimed
+-- again). Lifecycle jobs are found by kind.
+CREATE INDEX jobs_open ON jobs (kind, created_at) WHERE state IN ('queued', 'running');
 
 CREATE TABLE retention_policies (
     id                uuid PRIMARY KEY,

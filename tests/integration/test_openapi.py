@@ -247,6 +247,23 @@ async def test_real_responses_match_the_document(
             json={"nope": 1})
 
     await exercise_lifecycle_endpoints(c, db_pool, ring, tmp_path, checker.services, admin)
+    await c("GET", "/api/v1/keys", "/api/v1/keys", admin)
+    await c("GET", "/api/v1/keys", "/api/v1/keys", agent)
+    await c("GET", "/api/v1/keys/seal", "/api/v1/keys/seal", None)
+    await c("POST", "/api/v1/keys/unseal", "/api/v1/keys/unseal", None,
+            json={"share": "srs-share1:AAAA"})
+    await c("POST", "/api/v1/keys/unseal", "/api/v1/keys/unseal", None, json={"x": 1})
+    await c("GET", "/api/v1/keys/shares", "/api/v1/keys/shares", admin)
+    await c("POST", "/api/v1/keys/ceremonies", "/api/v1/keys/ceremonies", admin,
+            json={"kind": "rotate", "dry_run": True})
+    await c("POST", "/api/v1/keys/ceremonies", "/api/v1/keys/ceremonies", admin,
+            json={"kind": "destroy-everything"})
+    await c("GET", "/api/v1/keys/ceremonies/{id}", f"/api/v1/keys/ceremonies/{uuid.uuid4()}",
+            admin)
+    await c("POST", "/api/v1/keys/ceremonies/{id}/approve",
+            f"/api/v1/keys/ceremonies/{uuid.uuid4()}/approve", admin,
+            json={"password": "not the password"})
+    await c("GET", "/api/v1/jobs/{id}", f"/api/v1/jobs/{uuid.uuid4()}", admin)
 
     await c("GET", "/healthz", "/healthz", None)
     metrics = await c("GET", "/metrics", "/metrics", None)

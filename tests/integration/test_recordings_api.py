@@ -27,14 +27,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_api
 from api.auth_api import setup_identity
+from api.keys_api import setup_keys
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from siprec_server.access import PasswordHashing, new_api_token, token_digest
 from siprec_server.app import RunningServer, metrics_sources
 from siprec_server.media.codecs import encode_ulaw
+from siprec_server.services.keys import KeyService, KeySettings
 from siprec_server.siprec.sdp import parse_sdp
 from storage import recordings, users
 from storage.audit import verify_audit_chain
+from storage.custody import KeyCustody
 from storage.keys import (
     KeyRing,
     LocalKeyStore,
@@ -71,11 +74,19 @@ async def make_token(db: asyncpg.Pool, role: str, scopes: tuple[str, ...] = (), 
     return token, str(user.id)
 
 
+class HeldKeys(KeyCustody):
+    """The test's own ring, as a development custody would hold it."""
+
+    mode = "local"
+
+
 def recording_app(db: asyncpg.Pool, *, keys: KeyRing | None = None, media: Any = None,
                   metrics: MetricsSources | None = None) -> Any:
     """The control API as siprec_server/app.py is to wire it."""
     app = create_api(db=db)
     setup_identity(app, password_hashing=CHEAP)
+    setup_keys(app, KeyService(db, HeldKeys(keys or KeyRing.sealed()),
+                               KeySettings(node_id="test-node"), ready=True))
     setup_recordings(app)
     setup_metrics(app, metrics)
     if keys is not None:
@@ -777,6 +788,9 @@ async def test_a_call_is_found_played_paused_and_erased_end_to_end(
     # The audit trail holds every step and verifies; changing one event breaks it.
     actions = [r["action"] for r in await db.fetch(
         "SELECT action FROM audit_events WHERE target = $1 ORDER BY seq", str(rid))]
+    # The node's own: the start and the sealing of the recording, with their summary hashes.
+    assert actions[0] == "recording.started" and "recording.sealed" in actions
+    actions = [a for a in actions if a not in ("recording.started", "recording.sealed")]
     assert actions == ["recording.pause", "recording.pause", "recording.resume",
                        "recording.view", "recording.play", "recording.play", "recording.erase",
                        "recording.view"]

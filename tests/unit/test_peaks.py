@@ -12,7 +12,14 @@ import pytest
 from api.waveform_api import peaks_view
 from siprec_server.media.peaks import KeyPress, PeakMeter, Peaks, PeaksFormatError
 from storage.keys import new_data_key
-from storage.peaks import peaks_key, peaks_path, read_peaks, remove_peaks, write_peaks
+from storage.peaks import (
+    peaks_key,
+    peaks_path,
+    read_peaks,
+    rekey_peaks,
+    remove_peaks,
+    write_peaks,
+)
 from storage.recording_file import TamperedRecording
 from tests.plaintext_scan import plaintext_audio_findings
 
@@ -76,3 +83,19 @@ def test_a_screen_gets_max_pooled_levels() -> None:
     assert view["interval_ms"] == 150.0
     assert view["channels"] == [{"index": 0, "levels": [9, 200, 3]}]
     assert peaks_view(peaks, points=100)["channels"][0]["levels"] == [0, 9, 1, 0, 0, 200, 3]
+
+
+def test_peaks_follow_a_recording_to_its_new_data_key(tmp_path: Path) -> None:
+    rid = uuid.uuid4()
+    old, new = new_data_key(), new_data_key()
+    recording = tmp_path / f"{rid}.srec"
+    payload = Peaks(50, (b"\x01\x02",)).to_bytes()
+    write_peaks(recording, rid, old, payload)
+    rekey_peaks(recording, rid, old, new)
+    assert read_peaks(recording, rid, new) == payload
+    with pytest.raises(TamperedRecording):
+        read_peaks(recording, rid, old)
+    rekey_peaks(recording, rid, old, new)  # a second run after a crash changes nothing
+    assert read_peaks(recording, rid, new) == payload
+    rekey_peaks(recording, rid, new_data_key(), new_data_key())  # opens with neither: gone
+    assert read_peaks(recording, rid, new) is None
