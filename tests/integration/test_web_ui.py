@@ -270,6 +270,10 @@ async def test_supervisor_story_in_a_browser(server: RunningServer, browser: Any
     await page.wait_for_selector("#retention-job .job-words:has-text('Finished')")
     assert await page.locator("#retention-run").is_visible()
     await _shot(page, "08-compliance")
+    await page.goto("/ui/keys")
+    await page.wait_for_selector("#key-versions tbody tr")
+    assert "Unsealed" in await page.text_content("#keys-status")
+    await _shot(page, "09-keys")
     assert not page.csp_errors, page.csp_errors  # type: ignore[attr-defined]
 
     # --- a session idle longer than auth.idle_timeout is refused

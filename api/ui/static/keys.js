@@ -19,7 +19,9 @@
     tbody.replaceChildren();
     for (const v of keys.versions || []) {
       const tr = document.createElement("tr");
-      for (const value of [v.id, v.state, v.created_at, v.activated_at, `${v.age_days} days`, v.rotation_due_at]) {
+      const when = (text) => (text && !isNaN(Date.parse(text)) ? new Date(text).toLocaleString() : text);
+      for (const value of [v.id, v.state, when(v.created_at), when(v.activated_at), `${v.age_days} days`,
+                           when(v.rotation_due_at)]) {
         const td = document.createElement("td");
         td.textContent = value || "—";
         tr.appendChild(td);
