@@ -26,7 +26,7 @@ from api.keys_api import setup_keys
 from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
-from api.ui import UiSettings, setup_ui
+from api.ui import OidcSettings, UiSettings, setup_ui
 from api.views import detail_view
 from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
@@ -413,7 +413,11 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         setup_recordings(api)
         if config.ui.enabled:
             # After every API route: the web interface mounts them for its scripts.
-            setup_ui(api, UiSettings(idle_timeout_s=config.auth.idle_timeout))
+            oidc = config.ui.oidc
+            setup_ui(api, UiSettings(idle_timeout_s=config.auth.idle_timeout),
+                     OidcSettings(oidc.issuer, oidc.client_id, oidc.client_secret,
+                                  oidc.redirect_uri, oidc.username_claim, oidc.scopes,
+                                  oidc.display_name) if oidc.issuer else None)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
                          lifecycle.retention.counters)

@@ -15,10 +15,11 @@ from pathlib import Path
 from aiohttp import web
 
 from api.ui.bridge import mount_api
+from api.ui.oidc import OidcSettings, add_oidc
 from api.ui.pages import UI_KEY, UiSettings, add_pages
 from api.ui.session import security_headers, web_sessions
 
-__all__ = ["UiSettings", "setup_ui"]
+__all__ = ["OidcSettings", "UiSettings", "setup_ui"]
 
 STATIC = Path(__file__).parent / "static"
 
@@ -27,11 +28,15 @@ async def _home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/ui/")
 
 
-def setup_ui(app: web.Application, settings: UiSettings | None = None) -> None:
+def setup_ui(app: web.Application, settings: UiSettings | None = None,
+             oidc: OidcSettings | None = None) -> None:
     """Add the web interface to an app that already has every API route (setup_identity,
-    setup_recordings and the rest): the pages, the static files, and the API mounted under
-    /ui/api/v1 for the pages' scripts."""
+    setup_recordings and the rest): the pages, the static files, the API mounted under
+    /ui/api/v1 for the pages' scripts, and single sign-on when `oidc` is given."""
     settings = settings or UiSettings()
+    if oidc is not None:
+        add_oidc(app, oidc)
+        settings = dataclasses.replace(settings, oidc_name=oidc.display_name)
     if any(r.resource is not None and r.resource.canonical == "/api/v1/keys"
            for r in app.router.routes()):
         settings = dataclasses.replace(settings, keys_api=True)
