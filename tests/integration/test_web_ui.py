@@ -139,7 +139,7 @@ async def test_supervisor_story_in_a_browser(server: RunningServer, browser: Any
     base = f"http://{host}:{port}"
     await _account(server, "sam", "admin")
     await _account(server, "bob", "agent", ("1002",))  # Agent Bob's own extension
-    await _account(server, "eve", "agent", ("2002",))
+    eve_id = await _account(server, "eve", "agent", ("2002",))
     rid, call_id = await _record_call(server)
     keys, _ = LocalKeyStore(data_dir / "keys").load_or_create(datetime.now(UTC))
     # A recording as made before peaks existed: audio (stand-in bytes), no peaks file.
@@ -264,6 +264,13 @@ async def test_supervisor_story_in_a_browser(server: RunningServer, browser: Any
     # --- the other administrator screens
     await page.goto("/ui/users")
     assert "bob" in await page.text_content("#users")
+    eve_row = page.locator(f"#users tr[data-user='{eve_id}']")
+    await eve_row.locator("summary").click()
+    await eve_row.locator("input[name=scopes]").fill("2002, 2003")
+    await eve_row.locator("button:has-text('Save')").click()
+    await page.wait_for_selector(f"#users tr[data-user='{eve_id}'] td:has-text('2002, 2003')")
+    assert await db.fetchval("SELECT scopes FROM users WHERE username = 'eve'") == [
+        "2002", "2003"]
     await _shot(page, "07-users")
     await page.goto("/ui/compliance")
     await page.click("#retention-dry-run button")
