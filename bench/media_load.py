@@ -47,16 +47,49 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETUP_RATE = 40.0  # calls per second while ramping up
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> list[int]:
+    """The server's media worker processes (and the embedded PostgreSQL's postmaster, which
+    is not counted: rtpengine writes no database either)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = _stat(int(entry.name))
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and comm.startswith("python"):
+                out.append(int(entry.name))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    """utime + stime of the server and its media workers."""
+    total = 0.0
+    for each in [pid, *children(pid)]:
+        try:
+            fields = _stat(each)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of the server and its media workers."""
+    total = 0
+    for each in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
 
 
 def free_udp_port() -> int:
@@ -65,15 +98,16 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pin(cpu: int) -> Any:
+def pin(cpu: int | None) -> Any:
     def apply() -> None:
-        if len(os.sched_getaffinity(0)) > 1:
+        if cpu is not None and len(os.sched_getaffinity(0)) > 1:
             os.sched_setaffinity(0, {cpu})
 
     return apply
 
 
-async def start_server(data_dir: Path, sip_port: int) -> asyncio.subprocess.Process:
+async def start_server(data_dir: Path, sip_port: int, workers: int,
+                       cpu: int | None) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "SIPREC_SERVER__DATA_DIR": str(data_dir),
@@ -85,11 +119,14 @@ async def start_server(data_dir: Path, sip_port: int) -> asyncio.subprocess.Proc
         "SIPREC_MEDIA__BIND_ADDRESS": "127.0.0.1",
         "SIPREC_MEDIA__RTP_PORT_MIN": "20000",
         "SIPREC_MEDIA__RTP_PORT_MAX": "39999",
+        "SIPREC_MEDIA__WORKERS": str(workers),
+        "SIPREC_RETENTION__ENABLED": "false",
+        "SIPREC_BOOTSTRAP_PASSWORD": "bench password not for production",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "siprec_server", "run", env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=pin(0),
+        preexec_fn=pin(cpu),
     )
     assert proc.stdout is not None
     async with asyncio.timeout(60):
@@ -100,21 +137,28 @@ async def start_server(data_dir: Path, sip_port: int) -> asyncio.subprocess.Proc
 
 
 async def run_step(
-    pid: int, sip_port: int, calls: int, duration: float, srtp: str, codec: str, out: Path
+    pid: int, sip_port: int, calls: int, duration: float, srtp: str, codec: str, out: Path,
+    generators: int, cpu: int | None,
 ) -> dict[str, Any]:
     ramp = calls / SETUP_RATE
     if duration < ramp + 4:
         duration = ramp + 8
-    args = [
-        sys.executable, "-m", "siprec_server.tools.loadgen",
-        "--server", f"127.0.0.1:{sip_port}", "--calls", str(calls), "--concurrency", str(calls),
-        "--rate", str(SETUP_RATE), "--duration", str(duration), "--codec", codec,
-        "--srtp", srtp, "--json", str(out), "--hard-timeout", str(duration + ramp + 60),
-    ]
-    gen = await asyncio.create_subprocess_exec(
-        *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=pin(1),
-    )
+    shares = [calls // generators + (1 if i < calls % generators else 0)
+              for i in range(generators)]
+    gens = []
+    for i, share in enumerate(shares):
+        args = [
+            sys.executable, "-m", "siprec_server.tools.loadgen",
+            "--server", f"127.0.0.1:{sip_port}", "--calls", str(share),
+            "--concurrency", str(share), "--rate", str(SETUP_RATE / generators),
+            "--duration", str(duration), "--codec", codec, "--srtp", srtp,
+            "--json", str(out.with_suffix(f".{i}.json")),
+            "--hard-timeout", str(duration + ramp + 60),
+        ]
+        gens.append(await asyncio.create_subprocess_exec(
+            *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=pin(cpu),
+        ))
     rss_before = rss_bytes(pid)
     # Window: every call is up (ramp done + 1 s) until 1 s before the first one ends.
     await asyncio.sleep(ramp + 1.5)
@@ -122,9 +166,10 @@ async def run_step(
     await asyncio.sleep(max(1.0, duration - ramp - 2.5))
     cpu1, t1 = cpu_seconds(pid), time.monotonic()
     rss_during = rss_bytes(pid)
-    text, _ = await gen.communicate()
+    texts = [(await gen.communicate())[0] for gen in gens]
+    text = b"".join(texts)
     window = t1 - t0
-    report = json.loads(out.read_text()) if out.exists() else {}
+    report = merge_reports([out.with_suffix(f".{i}.json") for i in range(generators)])
     return {
         "calls": calls,
         "window_s": window,
@@ -134,6 +179,20 @@ async def run_step(
         "generator": report,
         "generator_output": text.decode(errors="replace")[-800:],
     }
+
+
+def merge_reports(paths: list[Path]) -> dict[str, Any]:
+    """The generators' summaries added up (sent datagrams, failures, whether all kept up)."""
+    summary: dict[str, Any] = {"datagrams_sent": 0, "failed": 0, "sender_fell_behind": False}
+    for path in paths:
+        if not path.exists():
+            summary["failed"] += 1
+            continue
+        part = json.loads(path.read_text()).get("summary", {})
+        summary["datagrams_sent"] += part.get("datagrams_sent") or 0
+        summary["failed"] += part.get("failed", 0)
+        summary["sender_fell_behind"] |= bool(part.get("sender_fell_behind", True))
+    return {"summary": summary}
 
 
 async def loss_since(dsn: str, since: float) -> dict[str, int]:
@@ -172,14 +231,22 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--srtp", default="AES_CM_128_HMAC_SHA1_80")
     parser.add_argument("--codec", default="PCMU")
+    parser.add_argument("--mode", choices=("core", "machine"), default="core",
+                        help="core: the server (main process + one media worker) pinned to CPU 0 "
+                             "and the generator to CPU 1; machine: media workers on every "
+                             "core, generators unpinned beside them (the whole machine)")
+    parser.add_argument("--generators", type=int, default=None,
+                        help="load generator processes (default: 1 in core mode, 2 in machine)")
     args = parser.parse_args()
+    workers, server_cpu, gen_cpu = (1, 0, 1) if args.mode == "core" else (-1, None, None)
+    generators = args.generators or (1 if args.mode == "core" else 2)
     rate = 16000 if args.codec.upper() in ("G722", "OPUS") else 8000
     floor = floor_ms_per_call_second(rate)
 
     tmp = Path(tempfile.mkdtemp(prefix="siprec-bench-"))
     tmp.chmod(0o755)
     sip_port = free_udp_port()
-    server = await start_server(tmp / "var", sip_port)
+    server = await start_server(tmp / "var", sip_port, workers, server_cpu)
     dsn = f"postgresql://siprec@/siprec?host={tmp / 'var' / 'pg' / 'run'}"
     results = []
     try:
@@ -195,7 +262,7 @@ async def main() -> None:
         for n in [int(x) for x in args.steps.split(",")]:
             since = time.time()
             step = await run_step(server.pid, sip_port, n, args.duration, args.srtp, args.codec,
-                                  tmp / f"gen-{n}.json")
+                                  tmp / f"gen-{n}.json", generators, gen_cpu)
             await asyncio.sleep(2)  # let the server finish the recordings
             totals = await loss_since(dsn, since - 1)
             summary = step["generator"].get("summary", {})
@@ -210,7 +277,8 @@ async def main() -> None:
                   f"{step['cpu_ms_per_call_second'] / floor:>6.2f} "
                   f"{100 * step['server_core_utilisation']:>6.1f}% {loss:>8.4f} "
                   f"{step['rss_per_call_kib']:>9.0f} {failed:>6} {str(kept_up):>6}", flush=True)
-            if loss >= 0.01 or failed or step["server_core_utilisation"] > 0.97:
+            cores = 1 if args.mode == "core" else len(os.sched_getaffinity(0))
+            if loss >= 0.01 or failed or step["server_core_utilisation"] > 0.97 * cores:
                 break
         held = [r["calls"] for r in results
                 if r["loss_percent"] < 0.01 and not r["failed"] and r["generator_kept_up"]]

@@ -11,7 +11,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +57,8 @@ from siprec_server.services.node import NodeMembership
 from siprec_server.services.notifications import Notifier
 from siprec_server.sip.agent import AgentSettings, SipAgent
 from siprec_server.siprec.sdp_answer import AnswerPreferences
+from siprec_server.workers.engine import EngineEvents, InProcessEngine, MediaEngine
+from siprec_server.workers.pool import WorkerPool
 from storage import erasure, recordings
 from storage.audit import AuditEvent, record_audit
 from storage.audit_checkpoints import FileSink, SyslogSink
@@ -120,6 +122,22 @@ _LOCAL_CUSTODY_WARNING = (
     "plain file under {dir}. Anyone with a copy of the data_dir can decrypt every recording. "
     "For production use keys.custody = shamir (sealed start, t-of-n custodians) or pkcs11; see "
     "README.md, 'Key custody'.")
+
+
+def media_engine(config: Config) -> Callable[[EngineEvents], MediaEngine]:
+    """Where calls' media runs: media worker processes (one per core by default), or this
+    process's event loop (media.workers = 0)."""
+    workers = config.media.workers
+    if workers < 0:
+        workers = len(os.sched_getaffinity(0)) or 1
+    if workers == 0:
+        return InProcessEngine
+
+    def pool(events: EngineEvents) -> MediaEngine:
+        return WorkerPool(events, workers, log_format=config.server.log_format,
+                          log_level=config.server.log_level)
+
+    return pool
 
 
 def metrics_sources(recorder: Recorder, media: MediaService, sip: SipEndpoint) -> MetricsSources:
@@ -284,6 +302,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
             inactivity_timeout=config.media.inactivity_timeout,
             min_free_bytes=config.server.min_free_disk_mb * 2**20,
             rtp_source=cast(RtpSourcePolicy, config.media.rtp_source),
+            engine=media_engine(config),
         )
         started_writes = writes
         started_media = media
@@ -386,7 +405,7 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
         media.on_inactive = lambda session: recorder.end_session(session, "media inactive")
         media.on_storage_full = lambda session: recorder.end_session(session, "disk space low")
         media.on_lost = lambda session: recorder.end_session(session, "media worker lost")
-        media.disk.start()
+        await media.open()
         await _listening(
             "SIP on " + ", ".join(config.sip.listen),
             sip.listen(listen, _tls_context(config.sip.tls)),

@@ -88,6 +88,7 @@ class MediaConfig:
     dtmf_sequence_timeout: int = 3
     dtmf_control_from: tuple[str, ...] = ("*",)
     inactivity_timeout: int = 300
+    workers: int = -1
     rtp_source: str = "offer-address"
 
 
@@ -424,6 +425,8 @@ def _validate(config: Config) -> None:
                 "\"aor:GLOB\" or \"number:GLOB\"")
     if media.rtp_source not in RTP_SOURCE_POLICIES:
         raise ConfigError(f"media.rtp_source: expected one of {', '.join(RTP_SOURCE_POLICIES)}")
+    if media.workers < -1 or media.workers > 256:
+        raise ConfigError("media.workers: -1 (one per core), 0 (on the main process) or 1-256")
     if media.inactivity_timeout < 5:
         raise ConfigError("media.inactivity_timeout: at least 5 seconds")
     if media.codec_preference not in ("offer", "local"):

@@ -44,7 +44,13 @@ from siprec_server.siprec.metadata_state import Participant
 from siprec_server.siprec.sdp_answer import NegotiatedStream
 from siprec_server.siprec.session import RecordingSession
 from siprec_server.workers.call_runner import CallPlan
-from siprec_server.workers.engine import CallSockets, EngineEvents, InProcessEngine, MediaEngine
+from siprec_server.workers.engine import (
+    SO_TIMESTAMPNS,
+    CallSockets,
+    EngineEvents,
+    InProcessEngine,
+    MediaEngine,
+)
 from storage.audit import AuditEvent
 from storage.keys import KeyRing, data_key_id, new_data_key, wrap_data_key
 from storage.recording_file import (
@@ -300,6 +306,9 @@ class MediaService:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            # From the first datagram on, the kernel stamps arrival times (a media worker reads
+            # them: packets that waited for the call to reach its worker keep their own times).
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((self._bind_host, port))
         except OSError:
             sock.close()
@@ -327,7 +336,8 @@ class MediaService:
         await self._audit_start(session, wrapped_by=self._keys.current.key_id, dek=dek)
         plan = CallPlan(
             recording_id=session.recording_id, path=path, specs=tuple(specs),
-            channels=len(channels), rate=rate, data_key=dek, started=time.monotonic(),
+            channels=len(channels), rate=rate, data_key=dek,
+            started=session.media_origin or time.monotonic(),
             dtmf_control=self._dtmf_control, rtp_source=self._rtp_source,
             inactivity_timeout=self._inactivity_timeout)
         by_index = {s.index: s for s in session.streams}
@@ -516,6 +526,15 @@ class MediaService:
     def _reseal_later(self) -> None:
         task = asyncio.ensure_future(self.recover(include_recording=False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def open(self) -> None:
+        """Start the engine (media worker processes) and the free-space watch."""
+        await self._engine.start()
+        self.disk.start()
+
+    @property
+    def engine(self) -> MediaEngine:
+        return self._engine
 
     async def close(self) -> None:
         await self.disk.close()

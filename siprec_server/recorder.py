@@ -15,6 +15,7 @@ in one session is logged and answered (500/503); it never reaches another sessio
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -320,6 +321,8 @@ class Recorder:
             self._reject(event.txn, 500, "Recording could not be stored")
             return
         assert session.negotiation is not None
+        # Time 0 of the recording: the SRC may send media as soon as it has our answer.
+        session.media_origin = time.monotonic()
         answered = self.sip.respond(
             event.txn,
             200,

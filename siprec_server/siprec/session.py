@@ -53,6 +53,9 @@ class RecordingSession:
     """The media could not be set up after the answer; the session ends as failed."""
     storage_full: bool = False
     """Recording storage ran out: the session ends as interrupted."""
+    media_origin: float | None = None
+    """time.monotonic() when the answer went out: time 0 of the recording's timeline (media may
+    arrive from then on, before the media pipeline is up)."""
     media_lost: bool = False
     """The media went away mid-call (its worker died): the session ends as interrupted."""
     source: str | None = None

@@ -32,6 +32,11 @@ log = get_logger("media.engine")
 
 TICK_INTERVAL = 0.1
 """Seconds between encodes of every call (the jitter buffer's playout delay is 0.12 s)."""
+SO_TIMESTAMPNS = 35
+"""Linux: the kernel stamps each datagram with its arrival time (SCM_TIMESTAMPNS, the same
+number). A media worker reads the stamps, so packets read in a batch (or queued while the call
+was on its way to the worker) keep the times they arrived at: the jitter buffer places audio by
+arrival, and a backlog read at once would look like a burst."""
 
 
 class EngineEvents(Protocol):
@@ -56,6 +61,8 @@ class CallSockets:
 
 
 class MediaEngine(Protocol):
+    async def start(self) -> None: ...
+
     async def start_call(self, plan: CallPlan, sockets: Sequence[CallSockets]) -> None: ...
 
     async def update_call(self, recording_id: UUID, specs: Sequence[StreamSpec],
@@ -137,7 +144,9 @@ class InProcessEngine:
         self._calls: dict[UUID, _LocalCall] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._finished: Counter[str] = Counter()
-        self.tick_errors = 0
+
+    async def start(self) -> None:
+        """Nothing to start: calls run on this loop."""
 
     async def start_call(self, plan: CallPlan, sockets: Sequence[CallSockets]) -> None:
         if self._ticker is None:

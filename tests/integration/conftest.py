@@ -3,6 +3,7 @@ fresh migrated database of its own."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,10 @@ def server_env(db_dsn: str, data_dir: Path, **overrides: str) -> dict[str, str]:
         "SIPREC_SIP__LISTEN": "udp:127.0.0.1:0,tcp:127.0.0.1:0",
         "SIPREC_API__LISTEN": "127.0.0.1:0",
         "SIPREC_DATABASE__URL": db_dsn,
+        # Calls are recorded on the test's own event loop unless a test asks for media worker
+        # processes (tests/integration/test_media_workers.py); SIPREC_TEST_MEDIA_WORKERS=2 runs
+        # the whole suite through workers.
+        "SIPREC_MEDIA__WORKERS": os.environ.get("SIPREC_TEST_MEDIA_WORKERS", "0"),
     }
     env.update({f"SIPREC_{k.upper()}": v for k, v in overrides.items()})
     return env

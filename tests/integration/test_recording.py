@@ -57,8 +57,12 @@ async def test_two_party_call_is_recorded_on_two_channels(server: RunningServer)
             send_rtp(ports[0], frames_l, 0, ssrc=0x1111),
             send_rtp(ports[1], frames_r, 0, ssrc=0x2222),
         )
-        await asyncio.sleep(0.3)
-        # The packet counters (for /metrics) include calls still in progress.
+        # The packet counters (for /metrics) include calls still in progress (media workers
+        # report theirs every half second).
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if server.media.packet_totals().get("packets_received") == len(frames_l) * 2:
+                break
         assert server.media.packet_totals()["packets_received"] == len(frames_l) + len(frames_r)
         assert (await src.bye(dialog)).status == 200
     row = await wait_for_state(server, dialog.call_id, "complete")
