@@ -31,8 +31,10 @@ system-deps:
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gnupg openssl; }
 
 # What only the tests need, from Debian: SIPp (interop/load tests), the age command line
-# (custodians opening their shares), SoftHSM2 (a real PKCS#11 token) and OpenSSH's sshd, which
-# the delivery tests start on a loopback port as the customer's SFTP server.
+# (custodians opening their shares), SoftHSM2 (a real PKCS#11 token), OpenSSH's sshd, which the
+# delivery tests start on a loopback port as the customer's SFTP server, and Chromium, which the
+# web interface's browser tests drive through Playwright (Playwright's own browser download is
+# not used).
 test-deps:
 	@command -v sipp >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq sip-tester; }
@@ -40,6 +42,8 @@ test-deps:
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq age softhsm2; }
 	@test -x /usr/sbin/sshd || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server; }
+	@test -x /usr/bin/chromium || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 run: install
 	$(BIN)/siprec-server run

@@ -57,7 +57,9 @@ from storage.audit import AuditEvent, AuditQuery, read_audit, record_audit
 __all__ = [
     "IDENTITY_KEY",
     "Identity",
+    "issue_login",
     "setup_identity",
+    "verify_login",
 ]
 
 log = get_logger("api.auth")
@@ -176,6 +178,26 @@ async def login(request: web.Request) -> web.StreamResponse:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise ApiInputError("username and password are required (strings)")
+    user, rehashed = await verify_login(request, username, password)
+    token, issued = await issue_login(request, user, rehashed=rehashed)
+    principal = Principal.of(user.id, user.username, user.role, user.scopes, user.grants)
+    response = web.json_response({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": rfc3339(issued.expires_at),
+        "user": {"id": str(user.id), "username": user.username, "role": user.role,
+                 "permissions": sorted(principal.permissions), "scopes": list(user.scopes)},
+    })
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def verify_login(request: web.Request, username: str,
+                       password: str) -> tuple[users.User, bool]:
+    """The account these credentials open, and whether its hash was upgraded on the way; the
+    API's login and the web interface's both come here, so throttling, lock-out, timing and
+    the audit of failures are one. A refusal is audited, delayed and raised (ApiInputError:
+    401, 429 for a blocked source, 503 when the hashing queue is full)."""
     if not username or not password or len(username) > 256 or len(password) > MAX_PASSWORD_LENGTH:
         raise ApiInputError("username and password must be non-empty and not overlong")
     identity = request.app[IDENTITY_KEY]
@@ -212,40 +234,36 @@ async def login(request: web.Request) -> web.StreamResponse:
             new_hash = await identity.hash(password)
         # Checks the lock again: parallel guesses may have locked it while we were hashing.
         if await users.record_login_success(db, user.id, now, new_hash):
-            return await _login_succeeded(request, identity, user, new_hash, source, now)
+            return user, new_hash is not None
         reason = "locked"
     await _login_failed(request, policy, user, reason, source, now)
 
 
-async def _login_succeeded(
-    request: web.Request,
-    identity: Identity,
-    user: users.User,
-    new_hash: str | None,
-    source: str,
-    now: datetime,
-) -> web.StreamResponse:
+async def issue_login(request: web.Request, user: users.User, *, rehashed: bool = False,
+                      kind: str = "api", via: str | None = None) -> tuple[str, users.IssuedToken]:
+    """A new token for a user who just proved who they are, audited as auth.login: a bearer
+    token ("api") or a browser session ("web"). `via` names how they proved it when it was
+    not a password (e.g. "oidc")."""
+    identity = request.app[IDENTITY_KEY]
+    source = _source(request)
+    now = datetime.now(UTC)
     token = new_api_token()
     issued = await users.issue_token(
         request.app[DB_KEY], user.id, token_digest(token), now=now, ttl=identity.token_ttl,
-        source=source,
+        source=source, kind=kind,
     )
+    details: dict[str, Any] = {"token_id": issued.token_hash[:8].hex(),
+                               "expires_at": rfc3339(issued.expires_at),
+                               "rehashed": rehashed}
+    if kind != "api":
+        details["session"] = kind
+    if via is not None:
+        details["via"] = via
     await _audit(request, AuditEvent(
         actor=str(user.id), action="auth.login", target=str(user.id), source=source,
-        details={"token_id": issued.token_hash[:8].hex(),
-                 "expires_at": rfc3339(issued.expires_at),
-                 "rehashed": new_hash is not None},
+        details=details,
     ))
-    principal = Principal.of(user.id, user.username, user.role, user.scopes, user.grants)
-    response = web.json_response({
-        "token": token,
-        "token_type": "Bearer",
-        "expires_at": rfc3339(issued.expires_at),
-        "user": {"id": str(user.id), "username": user.username, "role": user.role,
-                 "permissions": sorted(principal.permissions), "scopes": list(user.scopes)},
-    })
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return token, issued
 
 
 async def _login_failed(

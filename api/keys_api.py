@@ -199,8 +199,13 @@ async def sealed_gate(request: web.Request, handler: Handler) -> web.StreamRespo
     service = request.app.get(KEY_SERVICE)
     if service is None or service.ready:
         return await handler(request)
-    if (request.method, _route(request)) in SEALED_ROUTES or (
-            request.method == "HEAD" and ("GET", _route(request)) in SEALED_ROUTES):
+    route = _route(request)
+    if route.startswith("/ui/api/"):
+        route = route.removeprefix("/ui")  # the web interface's mount: judged as the API route
+    elif route == "/ui" or route.startswith("/ui/"):
+        return await handler(request)  # pages: api/ui shows a sealed server's page itself
+    if (request.method, route) in SEALED_ROUTES or (
+            request.method == "HEAD" and ("GET", route) in SEALED_ROUTES):
         return await handler(request)
     response = error(503, "sealed", "the server is sealed: its key custodians must unseal it "
                      "(siprec-server keys unseal)")

@@ -101,6 +101,22 @@ SCHEMAS: dict[str, Schema] = {
         "source": _nullable("string", enum=["api", "dtmf", "hold", None]),
     }),
     "Recording": _object(_RECORDING_REQUIRED, _RECORDING_PROPERTIES),
+    "Peaks": _object(["recording_id", "available", "channels", "key_presses"], {
+        "recording_id": _UUID,
+        "available": {"type": "boolean",
+                      "description": "false for recordings made before peaks were computed "
+                                     "(draw the lanes without a waveform)"},
+        "interval_ms": {"type": "number", "description": "time each level covers"},
+        "channels": {"type": "array", "items": _object(["index", "levels"], {
+            "index": {"type": "integer", "description": "channel of the Ogg Opus file"},
+            "levels": {"type": "array", "items": {"type": "integer", "minimum": 0,
+                                                  "maximum": 255},
+                       "description": "loudest sample per interval, 0-255, from time 0"},
+        })},
+        "key_presses": {"type": "array", "items": _object(["start_s", "channel"], {
+            "start_s": {"type": "number"}, "channel": {"type": "integer"},
+        }), "description": "DTMF key presses (the digits are never stored)"},
+    }),
     "RecordingDetail": _object(
         [*_RECORDING_REQUIRED, "sizes", "hashes", "signature", "dtmf_events"],
         {
@@ -419,6 +435,18 @@ PATHS: dict[str, dict[str, Any]] = {
                                                              "format": "binary"}}}},
                 **_errors(401, 403, 404, 410, 416, 500, 503),
             },
+        },
+    },
+    "/api/v1/recordings/{id}/peaks": {
+        "parameters": [_RECORDING_ID],
+        "get": {
+            "summary": "Waveform peaks per channel and key-press times, computed while "
+                       "recording (play)",
+            "tags": ["recordings"],
+            "parameters": [_query("points", "at most this many levels per channel (10 to "
+                                            "100000; default 20000): max-pooled",
+                                  schema={"type": "integer"})],
+            "responses": {"200": _json("Peaks"), **_errors(400, 401, 403, 404, 410, 503)},
         },
     },
     "/api/v1/calls/{ref}/pause": {

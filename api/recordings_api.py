@@ -603,6 +603,9 @@ def setup_recordings(app: web.Application) -> None:
     router.add_delete("/api/v1/recordings/{id}", erase)
     router.add_post("/api/v1/calls/{ref}/pause", pause_call)
     router.add_post("/api/v1/calls/{ref}/resume", resume_call)
+    from api.waveform_api import setup_waveform  # it uses this module's KEYS_KEY
+
+    setup_waveform(app)
     setup_lifecycle(app)
     setup_rules(app)
     setup_deliveries(app)

@@ -28,6 +28,7 @@ from api.lifecycle_api import LIFECYCLE_KEY
 from api.metrics import MetricsSources, setup_metrics
 from api.recordings_api import KEYS_KEY, MEDIA_KEY, setup_recordings
 from api.rules_api import CALLS_KEY
+from api.ui import OidcSettings, UiSettings, setup_ui
 from api.views import detail_view
 from siprec_server.access import AccessError, LoginPolicy
 from siprec_server.config import (
@@ -441,6 +442,13 @@ async def _start_owned(config: Config, lock: DataDirLock) -> RunningServer:
                                      data_dir / "deliveries", detail_view)
         api[DELIVERIES_KEY] = deliveries
         setup_recordings(api)
+        if config.ui.enabled:
+            # After every API route: the web interface mounts them for its scripts.
+            oidc = config.ui.oidc
+            setup_ui(api, UiSettings(idle_timeout_s=config.auth.idle_timeout),
+                     OidcSettings(oidc.issuer, oidc.client_id, oidc.client_secret,
+                                  oidc.redirect_uri, oidc.username_claim, oidc.scopes,
+                                  oidc.display_name) if oidc.issuer else None)
         metrics = setup_metrics(api, metrics_sources(recorder, media, sip))
         metrics.register("siprec_retention", "Retention enforcement",
                          lifecycle.retention.counters)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from siprec_server.media.source import RTP_SOURCE_POLICIES
 from siprec_server.media.srtp_suites import SUITES, find_suite
@@ -102,6 +103,23 @@ class DatabaseConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:8080"
     tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    redirect_uri: str = ""
+    username_claim: str = "preferred_username"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    display_name: str = "single sign-on"
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    enabled: bool = True
+    oidc: OidcConfig = field(default_factory=OidcConfig)
 
 
 @dataclass(frozen=True)
@@ -214,6 +232,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
@@ -386,6 +405,24 @@ def _describe(hint: Any) -> str:
     )
 
 
+def _validate_oidc(oidc: OidcConfig) -> None:
+    if not oidc.issuer:
+        return
+    parts = urlsplit(oidc.issuer)
+    if parts.scheme != "https" and not (
+            parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")):
+        raise ConfigError("ui.oidc.issuer: an https URL (http only on loopback)")
+    if not oidc.client_id:
+        raise ConfigError("ui.oidc.client_id: required with ui.oidc.issuer")
+    if not oidc.redirect_uri.endswith("/ui/oidc/callback"):
+        raise ConfigError("ui.oidc.redirect_uri: this server's URL ending in /ui/oidc/callback, "
+                          "as registered with the provider")
+    if "openid" not in oidc.scopes:
+        raise ConfigError("ui.oidc.scopes: must include openid")
+    if not oidc.username_claim:
+        raise ConfigError("ui.oidc.username_claim: the ID token claim naming the local user")
+
+
 def _validate(config: Config) -> None:
     server, sip, media = config.server, config.sip, config.media
     if server.log_format not in ("auto", "json", "console"):
@@ -502,6 +539,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("auth.max_failed_logins: 1 to 10 (PCI DSS 8.3.4)")
     if config.auth.lockout_minutes < 30:
         raise ConfigError("auth.lockout_minutes: at least 30 (PCI DSS 8.3.4)")
+    _validate_oidc(config.ui.oidc)
     try:
         parse_host_port(config.api.listen)
     except ValueError as exc:

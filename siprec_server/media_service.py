@@ -113,6 +113,8 @@ class MediaCounters:
     """Sessions none of whose streams delivered an accepted packet (no_media recordings)."""
     audit_failures: int = 0
     """Pause/resume audit events the storage refused (logged)."""
+    peaks_not_written: int = 0
+    """Recordings whose waveform peaks could not be stored (they play, without a waveform)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +406,10 @@ class MediaService:
                                    reason=f"media lost ({why})")
             return
         report, summary = outcome.report, outcome.summary
+        if outcome.peaks_error is not None:
+            self.counters.peaks_not_written += 1
+            log.error("peaks_not_written", recording_id=str(session.recording_id),
+                      error=outcome.peaks_error)
         if report.no_media:
             # Not a good 0-second recording: silence as long as the session, flagged.
             self.counters.recordings_without_media += 1

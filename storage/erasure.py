@@ -6,7 +6,7 @@ The order is what makes it an erasure of every copy:
    (when, by whom, why) and written to the audit trail. From this commit on, the media file —
    and every copy of it in backups or replicas — is ciphertext nobody can open: the data key
    existed nowhere else.
-2. The file is unlinked (hygiene; the key is already gone).
+2. The file and its waveform peaks are unlinked (hygiene; the key of both is already gone).
 3. The personal metadata goes: participants, the metadata event log (the rs-metadata XML) and
    what was extracted from it (src_metadata), annotations (tags, comments, flags),
    streams' remote addresses and senders, Call-ID, session ids, SRC address, dialog id, the
@@ -35,6 +35,7 @@ import asyncpg
 
 from storage.audit import AuditEvent, record_audit
 from storage.holds import held_matters, lock_against_new_holds
+from storage.peaks import remove_peaks
 
 __all__ = [
     "Erasure",
@@ -146,6 +147,7 @@ async def erase_recording(
         # Step 2: the file — only ever this recording's own file, whatever the column says.
         path = Path(row["file_path"]) if row["file_path"] else None
         if path is not None and path.name == f"{recording_id}.srec":
+            remove_peaks(path)
             _unlink(path)
         # Step 3: the personal metadata.
         async with conn.transaction():

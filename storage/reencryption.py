@@ -6,7 +6,8 @@ any point leaves the recording readable and a second run finishes it:
 
 1. the new data key, wrapped, is stored beside the old one (recording_keys.next_wrapped_key);
 2. the new file is written next to the old (mode 0600), its decrypted hash must equal the signed
-   plaintext hash, it is fsynced and renamed over the old file;
+   plaintext hash, it is fsynced and renamed over the old file; the waveform peaks beside it
+   (storage/peaks.py, keyed from the data key) are re-encrypted the same way;
 3. in one transaction: the new wrapped key replaces the old, and the summary, whose ciphertext
    hash and size changed, is signed again (only after the old signature verified);
 4. the recording is verified again, signature included.
@@ -27,6 +28,7 @@ import asyncpg
 
 from storage.audit import AuditEvent, record_audit
 from storage.keys import KeyRing, KeyStoreError, data_key_id, new_data_key, wrap_data_key
+from storage.peaks import rekey_peaks
 from storage.recording_file import (
     RecordingFileError,
     RecordingFileWriter,
@@ -86,6 +88,8 @@ async def reencrypt_recording(db: asyncpg.Pool, ring: KeyRing, recording_id: UUI
             rewritten = read_header(f).key_id == data_key_id(new_dek)
         if not rewritten:
             _rewrite(path, recording_id, old_dek, new_dek, summary["plaintext_sha256"])
+        # The waveform's key derives from the data key: it moves with it.
+        rekey_peaks(path, recording_id, old_dek, new_dek)
         with open(path, "rb") as f:
             data = f.read()
     except (OSError, RecordingFileError, ValueError) as exc:

@@ -354,35 +354,41 @@ async def issue_token(
     now: datetime,
     ttl: timedelta,
     source: str | None,
+    kind: str = "api",
 ) -> IssuedToken:
+    """A new token of `kind`: "api" (bearer) or "web" (a browser session's cookie)."""
     expires_at = now + ttl
     await db.execute(
-        """INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at, source)
-           VALUES ($1, $2, $3, $4, $5)""",
+        """INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at, source, kind)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
         token_hash,
         user_id,
         now,
         expires_at,
         source,
+        kind,
     )
     return IssuedToken(token_hash, expires_at)
 
 
 async def resolve_token(db: Executor, token_hash: bytes, now: datetime,
-                        idle: timedelta | None = None) -> TokenOwner | None:
-    """The owner of a live token (not expired, not revoked, not idle longer than `idle`, user
-    not disabled), recording its use; None otherwise."""
+                        idle: timedelta | None = None, *, kind: str = "api"
+                        ) -> TokenOwner | None:
+    """The owner of a live token of `kind` (not expired, not revoked, not idle longer than
+    `idle`, user not disabled), recording its use; None otherwise."""
     row = await db.fetchrow(
         f"""UPDATE api_tokens t SET last_used_at = $2
             FROM users u
             WHERE t.token_hash = $1 AND t.user_id = u.id AND t.revoked_at IS NULL
               AND t.expires_at > $2 AND NOT u.disabled
               AND ($3::interval IS NULL OR COALESCE(t.last_used_at, t.created_at) > $2 - $3)
+              AND t.kind = $4
             RETURNING t.expires_at AS token_expires_at,
                       {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))}""",
         token_hash,
         now,
         idle,
+        kind,
     )
     if row is None:
         return None

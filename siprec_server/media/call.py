@@ -36,6 +36,7 @@ from siprec_server.media.dtmf_control import DtmfControl, DtmfSequenceDetector
 from siprec_server.media.events import MediaEvent, RecordingPaused, RecordingResumed
 from siprec_server.media.jitter import StreamStats, StreamTimeline
 from siprec_server.media.ogg_opus import OggOpusEncoder
+from siprec_server.media.peaks import PeakMeter, Peaks
 from siprec_server.media.rtp import RtpFormatError, parse_rtp_header
 from siprec_server.media.source import (
     Address,
@@ -144,6 +145,8 @@ class MediaReport:
     dtmf_events: int
     no_media: bool = False
     """No stream delivered a single accepted packet: the recording is silence throughout."""
+    peaks: Peaks | None = None
+    """Each channel's level per 50 ms and the key presses' times (siprec_server.media.peaks)."""
 
 
 class _Stream:
@@ -219,6 +222,7 @@ class CallMedia:
             s.index: _Stream(s, self.rate, source_policy, dtmf_control) for s in streams
         }
         self._encoder = OggOpusEncoder(channels, self.rate, sink)
+        self._peaks = PeakMeter(channels, self.rate)
         self._flush_sink = flush_sink
         self._origin = started
         self._pulled = 0.0
@@ -403,10 +407,13 @@ class CallMedia:
             events = stream.timeline.drain_events()
             if events:
                 self._dtmf.extend(events)
+                for event in events:
+                    self._peaks.key_press(event.start, channel)
                 self._apply_dtmf_control(stream, events)
         self._silence_pauses(pcm, start, until)
         self._pulled = until
         self._encoder.encode(pcm)
+        self._peaks.feed(pcm)
         if until - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
 
@@ -471,6 +478,7 @@ class CallMedia:
             pauses=tuple(self._pauses),
             dtmf_events=self._dtmf_count,
             no_media=self.no_media,
+            peaks=self._peaks.finish(),
         )
 
     def stream_reports(self) -> tuple[StreamReport, ...]:

@@ -623,7 +623,7 @@ def version_json(version: kv.KeyVersion, now: datetime, reminder_days: int) -> d
 
 def _can_manage_keys(user: users.User) -> bool:
     try:
-        return Principal.of(user.id, user.username, user.role, user.scopes).can(
+        return Principal.of(user.id, user.username, user.role, user.scopes, user.grants).can(
             Permission.KEYS_MANAGE)
     except AccessError:
         return False

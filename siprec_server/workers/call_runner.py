@@ -1,5 +1,6 @@
 """One call's media, wherever it runs: the sans-IO core (CallMedia) writing Ogg Opus straight into
-the encrypting file writer, with the data key in memory.
+the encrypting file writer, with the data key in memory; at the end, the waveform peaks the core
+measured go beside the file, encrypted (storage/peaks.py).
 
 A `CallRunner` is built from a `CallPlan` (plain, picklable data: what the main process decided
 for the call) and knows no socket, no database and no event loop. The in-process engine feeds it
@@ -11,6 +12,7 @@ signing key; the runner hands back a `CallOutcome` to be signed and stored there
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from siprec_server.media.dtmf_control import DtmfControl
 from siprec_server.media.events import MediaEvent
 from siprec_server.media.source import Address, RtpSourcePolicy
 from storage.keys import data_key_id
+from storage.peaks import write_peaks
 from storage.recording_file import FileSummary, RecordingFileWriter
 
 __all__ = ["CallOutcome", "CallPlan", "CallRunner", "NoSpace", "no_space"]
@@ -57,6 +60,8 @@ class CallOutcome:
     """Why the file could not be sealed ("no space", "worker lost", or an error's kind): every
     complete chunk stays readable and recovery seals it."""
     no_space: bool = False
+    peaks_error: str | None = None
+    """Why the waveform peaks could not be stored beside the file (the recording stands)."""
 
 
 class NoSpace(Exception):
@@ -172,7 +177,16 @@ class CallRunner:
         finally:
             with contextlib.suppress(OSError):
                 self._file.close()
-        return CallOutcome(report=report, summary=summary)
+        peaks_error = None
+        if report.peaks is not None:
+            try:
+                write_peaks(self.plan.path, self.plan.recording_id, self.plan.data_key,
+                            report.peaks.to_bytes())
+            except Exception as exc:  # noqa: BLE001 - costs the waveform, not the recording
+                peaks_error = type(exc).__name__
+            # Drawn from the file from now on; the report need not carry them further.
+            report = dataclasses.replace(report, peaks=None)
+        return CallOutcome(report=report, summary=summary, peaks_error=peaks_error)
 
     def abandon(self) -> None:
         """Stop without sealing (the process is going away): complete chunks stay readable."""

@@ -267,6 +267,9 @@ async def test_real_responses_match_the_document(
             headers={"Range": "bytes=0-9"})
     await c("GET", "/api/v1/recordings/{id}/audio", f"/api/v1/recordings/{rid}/audio", admin,
             headers={"Range": "bytes=9999-"})
+    await c("GET", "/api/v1/recordings/{id}/peaks", f"/api/v1/recordings/{rid}/peaks", admin)
+    await c("GET", "/api/v1/recordings/{id}/peaks", f"/api/v1/recordings/{rid}/peaks?points=1",
+            admin)
     await c("POST", "/api/v1/calls/{ref}/pause", f"/api/v1/calls/{live}/pause", admin)
     await c("POST", "/api/v1/calls/{ref}/resume", "/api/v1/calls/nothing/resume", admin)
     await c("POST", "/api/v1/calls/{ref}/pause", f"/api/v1/calls/{live}/pause", agent)

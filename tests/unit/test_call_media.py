@@ -417,3 +417,23 @@ def test_a_session_without_packets_is_silence_as_long_as_the_session_and_flagged
     assert abs(audio.shape[0] / rate - 3.0) < 0.03
     assert float(np.max(np.abs(audio))) < 1e-3
     assert call.media.last_packet is None
+
+
+def test_peaks_are_measured_while_encoding_pauses_flat_and_key_presses_timed() -> None:
+    call = Call(specs(), 2, dtmf_control=DtmfControl("*1", "*2", 3.0))
+    packets = tone_packets(0, 440, 0.0, 3.0, ssrc=1) + tone_packets(1, 1000, 1.0, 2.0, ssrc=2)
+    packets = [p for p in packets if not (p[1] == 1 and 2.0 <= p[0] < 2.12)]
+    packets += _dtmf(1, 5, 2.0, 2, 5000, 5000 + 8000)  # one key press on channel 1, at 2 s
+    call.play(packets, 3.0, {1.5: lambda: call.media.pause(T0 + 1.5, "api"),
+                             1.8: lambda: call.media.resume(T0 + 1.8, "api")})
+    call.decode(3.0)
+    peaks = call.report.peaks
+    assert peaks is not None and peaks.interval_ms == 50 and len(peaks.levels) == 2
+    left, right = (list(lane) for lane in peaks.levels)
+    assert len(left) == len(right) == 60  # 3 s in 50 ms steps
+    level = lambda lane, t: lane[int(t * 20)]  # noqa: E731
+    assert level(left, 0.5) > 50 and level(right, 0.5) == 0, "the second party starts at 1 s"
+    assert level(left, 1.6) == 0 and level(right, 1.6) == 0, "a pause is flat on every lane"
+    assert level(left, 2.5) > 50 and level(right, 2.5) > 50
+    (press,) = peaks.key_presses
+    assert press.channel == 1 and 1950 <= press.start_ms <= 2100
