@@ -262,7 +262,7 @@ class CallMedia:
                 _count_srtp_failure(stream.counters, exc)
                 return
         try:
-            ssrc = parse_rtp_header(data)[4]
+            marker, pt, seq, ts, ssrc, start, end = parse_rtp_header(data)
         except RtpFormatError:
             stream.timeline.stats.bad_packets += 1
             return
@@ -272,7 +272,7 @@ class CallMedia:
         if verdict is SourceVerdict.UNLATCHED:
             stream.sources.latch(source)
         self.last_packet = now
-        stream.timeline.push(data, now - self._origin)
+        stream.timeline.push_fields(marker, pt, seq, ts, ssrc, data[start:end], now - self._origin)
 
     def receive_rtcp(self, index: int, data: bytes, now: float,
                      source: Address | None = None) -> None:

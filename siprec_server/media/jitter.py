@@ -243,26 +243,26 @@ class StreamTimeline:
 
     def push(self, packet: RtpPacket | Payload, arrival: float) -> None:
         """Take one RTP packet that arrived at `arrival` (session seconds). Never raises."""
-        stats = self.stats
-        payload: Payload
         if isinstance(packet, RtpPacket):
-            marker = packet.marker
-            pt = packet.payload_type
-            seq = packet.sequence_number
-            ts = packet.timestamp
-            ssrc = packet.ssrc
-            payload = packet.payload
-        else:
-            try:
-                marker, pt, seq, ts, ssrc, start, end = parse_rtp_header(packet)
-            except RtpFormatError:
-                stats.bad_packets += 1
-                return
-            if marker and 64 <= pt <= 95:
-                # RTCP on a muxed port (RFC 5761 4): not ours to decode.
-                stats.bad_packets += 1
-                return
-            payload = packet[start:end]
+            self.push_fields(packet.marker, packet.payload_type, packet.sequence_number,
+                             packet.timestamp, packet.ssrc, packet.payload, arrival)
+            return
+        try:
+            marker, pt, seq, ts, ssrc, start, end = parse_rtp_header(packet)
+        except RtpFormatError:
+            self.stats.bad_packets += 1
+            return
+        self.push_fields(marker, pt, seq, ts, ssrc, packet[start:end], arrival)
+
+    def push_fields(self, marker: bool, pt: int, seq: int, ts: int, ssrc: int,
+                    payload: Payload, arrival: float) -> None:
+        """`push` of a packet whose header the caller already parsed (the per-packet path
+        parses each header once)."""
+        stats = self.stats
+        if marker and 64 <= pt <= 95:
+            # RTCP on a muxed port (RFC 5761 4): not ours to decode.
+            stats.bad_packets += 1
+            return
         if type(payload) is not bytes:
             # Never keep a view into a receive buffer the caller may reuse.
             payload = bytes(payload)

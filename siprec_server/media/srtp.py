@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import pylibsrtp
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 from siprec_server.media.srtp_aes_cm import SRTCP_TAG_LEN, AesCmContext, rtp_header_length
 from siprec_server.media.srtp_errors import (
@@ -97,7 +99,8 @@ class _LibsrtpTransform:
     SrtpFormatError as on our own transform, whatever libsrtp would say about it.
     """
 
-    __slots__ = ("_rtcp_tag_len", "_rtp_tag_len", "_session")
+    __slots__ = ("_rtcp_tag_len", "_rtp_tag_len", "_session", "_context", "_cdata", "_buffer",
+                 "_length")
 
     def __init__(self, suite: SrtpSuite, key_salt: bytes, *, inbound: bool) -> None:
         ssrc_type = (
@@ -107,17 +110,29 @@ class _LibsrtpTransform:
             key=key_salt, ssrc_type=ssrc_type, srtp_profile=_LIBSRTP_PROFILES[suite.name]
         )
         self._session = pylibsrtp.Session(policy)
+        # The per-packet path calls libsrtp through pylibsrtp's own binding with the session's
+        # buffer, skipping a wrapper that allocates a length cell and re-checks types on every
+        # packet (pylibsrtp is pinned to 1.0.0, whose Session keeps these three attributes).
+        self._context = self._session._srtp[0]
+        self._cdata = self._session._cdata
+        self._buffer = self._session._buffer
+        self._length = _ffi.new("int *")
         self._rtp_tag_len = suite.rtp_auth_tag_len
         self._rtcp_tag_len = _GCM_TAG_LEN if suite.cipher == "aes-gcm" else SRTCP_TAG_LEN
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
-        if len(packet) > _LIBSRTP_BUFFER:
+        size = len(packet)
+        if size > _LIBSRTP_BUFFER:
             raise SrtpFormatError("packet larger than the SRTP buffer")
-        rtp_header_length(packet, len(packet) - self._rtp_tag_len)
-        try:
-            return self._session.unprotect(packet)
-        except pylibsrtp.Error as error:
-            raise _libsrtp_error(error) from None
+        rtp_header_length(packet, size - self._rtp_tag_len)
+        self._buffer[0:size] = packet
+        length = self._length
+        length[0] = size
+        status = _lib.srtp_unprotect(self._context, self._cdata, length)
+        if status:
+            raise _libsrtp_error(pylibsrtp.Error(pylibsrtp.ERRORS[status]))
+        plaintext: bytes = self._buffer[0 : length[0]]
+        return plaintext
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         if len(packet) > _LIBSRTP_BUFFER:
