@@ -91,6 +91,7 @@ class AuditCheckpointer:
         return checkpoint
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(min(_POLL_S, self._every_seconds))
             try:
@@ -101,4 +102,10 @@ class AuditCheckpointer:
                 pass  # no signing key before the unseal
             except Exception as exc:  # noqa: BLE001 - retried next round; logged and counted
                 self.failures += 1
-                log.error("audit_checkpoint_failed", error=repr(exc)[:200])
+                if not failing:  # once per run of failures: an outage would log every second
+                    log.error("audit_checkpoint_failed", error=type(exc).__name__)
+                failing = True
+            else:
+                if failing:
+                    log.info("audit_checkpoint_recovered")
+                failing = False

@@ -25,7 +25,6 @@ lists and can retry).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -56,6 +55,7 @@ from siprec_server.services.bundles import (
     open_encryptor,
 )
 from siprec_server.services.delivery_targets import DeliveryTarget, TargetError, target_for
+from siprec_server.services.periodic import Periodic
 from storage import deliveries as store
 from storage.audit import AuditEvent, record_audit
 from storage.keys import KeyRing
@@ -256,8 +256,7 @@ class DeliveryService:
     describe: RecordingRenderer
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     counters: DeliveryCounters = field(default_factory=DeliveryCounters)
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _loop: Periodic | None = field(default=None, repr=False)
 
     @property
     def active(self) -> bool:
@@ -270,30 +269,19 @@ class DeliveryService:
 
     def start(self) -> None:
         # Also without destinations or endpoints: the outbox is drained either way.
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
+        if self._loop is None:
+            self._loop = Periodic(self.run_until_idle, self.deliveries.poll_interval, log=log,
+                                  failure="delivery_poll_failed")
+            self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._loop is not None:
+            self._loop.wake()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_until_idle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the database may be away; try later
-                log.warning("delivery_poll_failed", error=f"{type(exc).__name__}: {exc}"[:200])
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.deliveries.poll_interval)
+        if self._loop is not None:
+            await self._loop.close()
+            self._loop = None
 
     async def run_until_idle(self) -> int:
         """Fan out and work until nothing is due now; how many rows were worked."""

@@ -23,6 +23,8 @@ class Periodic:
         self._failure = failure
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+        """Rounds that failed in a row (0 when the last one worked)."""
 
     def start(self) -> None:
         if self._task is None:
@@ -48,8 +50,16 @@ class Periodic:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next round tries again; logged
-                # The type only: a database error's text can quote the values it refused.
-                self._log.warning(self._failure, error=type(exc).__name__)
+                # The type only: a database error's text can quote the values it refused. Once
+                # per run of failures (an outage of the database would log every second).
+                self.failures += 1
+                if self.failures == 1:
+                    self._log.warning(self._failure, error=type(exc).__name__)
+            else:
+                if self.failures:
+                    self._log.info(f"{self._failure.removesuffix('_failed')}_recovered",
+                                   failed_rounds=self.failures)
+                self.failures = 0
             # asyncio.timeout, not wait_for: wait_for in 3.11 can swallow a cancellation that
             # arrives as the event fires, and close() would wait for ever.
             with contextlib.suppress(TimeoutError):
